@@ -1,0 +1,86 @@
+"""Atomic, crash-safe writes: a reader sees the old file or the new one, never half of one.
+
+Everything attrsub persists (datasets, checkpoints, adapters, banks, tables) goes through
+these helpers, so an interrupted run never leaves a corrupt artefact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from attrsub.errors import ConfigError
+
+
+def ensure_writable_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Create ``path`` (and parents) or raise ConfigError saying why it cannot be written.
+
+    Called before any expensive work, so a bad ``--out`` fails in milliseconds.
+    """
+    p = Path(path).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(p)!r} cannot be created: {exc.strerror}") from exc
+    if not p.is_dir():
+        raise ConfigError(f"{what} {str(p)!r} exists and is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {str(p)!r} is not writable; choose a folder you can write to")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success it replaces ``dest`` atomically.
+
+    On error the temporary file is removed and ``dest`` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as pretty, key-sorted JSON, atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def publish_dir(dest: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
+    """Build a folder in a private temporary sibling, then rename it to ``dest``.
+
+    The rename is atomic, so ``dest`` either does not exist or is complete. When two
+    processes build the same ``dest`` at once, the first rename wins and the loser's copy
+    is discarded (the content is keyed by its hash, so both are identical).
+    """
+    dest = Path(dest)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
