@@ -131,7 +131,8 @@ class DPTHead(nn.Module):
     def __init__(self, dim_in: int, patch_size: int, layers: tuple[int, ...],
                  out_channels: tuple[int, ...], features: int, output_dim: int = 1,
                  activation: str = "exp", head_hidden: int = 32, pos_embed: bool = True,
-                 feature_only: bool = False, down_ratio: int = 1, frames_chunk_size: int = 8) -> None:
+                 feature_only: bool = False, down_ratio: int = 1,
+                 frames_chunk_size: int = 8) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.layers = tuple(layers)
@@ -193,7 +194,8 @@ class DPTHead(nn.Module):
             x = tokens[layer]
             if x is None:
                 raise RuntimeError(f"aggregator did not keep block {layer} for the DPT head")
-            x = self.norm(x[:, start:stop, patch_start_idx:].reshape(batch * frames, -1, x.shape[-1]))
+            x = x[:, start:stop, patch_start_idx:]
+            x = self.norm(x.reshape(batch * frames, -1, x.shape[-1]))
             x = project(x.transpose(1, 2).reshape(batch * frames, -1, grid_h, grid_w))
             if self.pos_embed:
                 x = x + 0.1 * _uv_embed(x.shape[1], grid_h, grid_w, width / height, x)

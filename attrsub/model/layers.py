@@ -168,8 +168,5 @@ class DinoViT(nn.Module):
         x = x + self._pos_embed(height // self.patch_size, width // self.patch_size)
         x = torch.cat((x[:, :1], self.register_tokens.expand(n, -1, -1), x[:, 1:]), dim=1)
         for block in self.blocks:
-            if checkpoint:
-                x = grad_checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = grad_checkpoint(block, x, use_reentrant=False) if checkpoint else block(x)
         return self.norm(x)[:, 1 + self.num_register_tokens:]

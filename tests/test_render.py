@@ -1,0 +1,259 @@
+"""The renderer's ground truth is exact and self-consistent, and its inputs are checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from attrsub.errors import ConfigError
+from attrsub.factors import FactorSpec, sample_scenes
+from attrsub.render import OUTPUT_KEYS, render
+from attrsub.scene import (
+    Box,
+    Camera,
+    Cylinder,
+    HeightField,
+    Light,
+    Lighting,
+    Material,
+    SceneSpec,
+    Sphere,
+    SubObject,
+    Texture,
+)
+
+SIZE = 28
+
+
+def _scene(trajectory: str = "spline", views: int = 3) -> SceneSpec:
+    """Every primitive type, every texture kind, a point and a directional light."""
+    kinds = ("checker", "stripes", "noise", "patchwork", "solid")
+    pal = ((0.9, 0.2, 0.1), (0.1, 0.3, 0.9), (0.9, 0.9, 0.2))
+    mat = [
+        Material(Texture(kind=k, frequency=3.0, palette=pal, seed=i)) for i, k in enumerate(kinds)
+    ]
+    return SceneSpec(
+        boxes=(
+            Box(
+                (0.5, 0.3, 0.5),
+                (0.5, 0.4, 0.5),
+                30.0,
+                mat[3],
+                (
+                    SubObject("sphere", 4, (0.2, 0.1), 0.2, mat[2]),
+                    SubObject("box", 0, (0.0, 0.0), 0.15, mat[4]),
+                ),
+            ),
+        ),
+        spheres=(Sphere((-1.0, 0.5, 0.4), 0.4, mat[1]),),
+        cylinders=(Cylinder((0.3, -1.2, 0.6), 0.3, 0.6, mat[2]),),
+        heightfields=(
+            HeightField(
+                (-0.8, -1.0), (1.2, 1.2), ((0.6, -0.8, -1.0, 0.4),), (0.05, 3.0, 1.0, 0.0), mat[0]
+            ),
+        ),
+        lighting=Lighting(lights=(Light(), Light("point", (2.0, 2.0, 3.0), (1.0, 0.8, 0.6), 8.0))),
+        camera=Camera(trajectory=trajectory, views=views, distance=4.5, seed=1, lookat_jitter=0.2),
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered() -> tuple[list[SceneSpec], dict[str, torch.Tensor]]:
+    specs = [_scene(t) for t in ("spline", "orbit", "dolly", "micro")]
+    specs += sample_scenes(FactorSpec("all", scenes=2, views=3, seed=5))
+    return specs, render(specs, SIZE)
+
+
+def test_shapes_and_dtypes(rendered: tuple[list[SceneSpec], dict[str, torch.Tensor]]) -> None:
+    specs, out = rendered
+    b, v = len(specs), 3
+    assert set(out) == set(OUTPUT_KEYS)
+    assert out["images"].shape == (b, v, 3, SIZE, SIZE)
+    assert out["albedo"].shape == (b, v, 3, SIZE, SIZE)
+    assert out["depths"].shape == (b, v, SIZE, SIZE)
+    assert out["world_points"].shape == (b, v, SIZE, SIZE, 3)
+    assert out["normals"].shape == (b, v, SIZE, SIZE, 3)
+    assert out["valid"].dtype == torch.bool
+    assert out["extrinsics"].shape == (b, v, 3, 4)
+    assert out["intrinsics"].shape == (b, v, 3, 3)
+    for key in OUTPUT_KEYS:
+        if key != "valid":
+            assert out[key].dtype == torch.float32, key
+            assert torch.isfinite(out[key]).all(), key
+    assert out["images"].min() >= 0 and out["images"].max() <= 1
+    assert out["valid"].float().mean() > 0.6  # scenes are framed so most rays hit
+
+
+def test_reprojection_hits_pixel_centres(
+    rendered: tuple[list[SceneSpec], dict[str, torch.Tensor]],
+) -> None:
+    _, out = rendered
+    x = out["world_points"].double()
+    ext, k = out["extrinsics"].double(), out["intrinsics"].double()
+    cam = torch.einsum("bvij,bvhwj->bvhwi", ext[..., :3], x) + ext[..., None, None, :, 3]
+    uvw = torch.einsum("bvij,bvhwj->bvhwi", k, cam)
+    u, v = uvw[..., 0] / uvw[..., 2], uvw[..., 1] / uvw[..., 2]
+    centre = torch.arange(SIZE, dtype=torch.float64) + 0.5
+    valid = out["valid"]
+    depth = out["depths"].double()
+    assert ((u - centre) / centre).abs()[valid].max() < 1e-4
+    assert ((v - centre[:, None]) / centre[:, None]).abs()[valid].max() < 1e-4
+    assert ((cam[..., 2] - depth) / depth).abs()[valid].max() < 1e-4
+    assert (depth[valid] > 0).all()
+    assert (depth[~valid] == 0).all() and (out["world_points"][~valid] == 0).all()
+
+
+def test_intrinsics_are_centred_pinholes(
+    rendered: tuple[list[SceneSpec], dict[str, torch.Tensor]],
+) -> None:
+    specs, out = rendered
+    k = out["intrinsics"]
+    assert torch.all(k[..., 0, 2] == SIZE / 2) and torch.all(k[..., 1, 2] == SIZE / 2)
+    assert torch.equal(k[..., 0, 0], k[..., 1, 1])
+    fov = torch.tensor([s.camera.fov_deg for s in specs])
+    expect = SIZE / 2 / torch.tan(torch.deg2rad(fov) / 2)
+    torch.testing.assert_close(k[:, 0, 0, 0], expect, rtol=1e-5, atol=0)
+
+
+def test_extrinsics_are_relative_rigid_motions(
+    rendered: tuple[list[SceneSpec], dict[str, torch.Tensor]],
+) -> None:
+    _, out = rendered
+    ext = out["extrinsics"].double()
+    eye = torch.eye(3, dtype=torch.float64)
+    assert torch.equal(
+        ext[:, 0], torch.cat([eye, torch.zeros(3, 1, dtype=torch.float64)], 1).expand_as(ext[:, 0])
+    )
+    rot = ext[..., :3]
+    torch.testing.assert_close(rot @ rot.transpose(-1, -2), eye.expand_as(rot), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.linalg.det(rot), torch.ones(rot.shape[:2], dtype=torch.float64), atol=1e-5, rtol=0
+    )
+
+
+def test_normals_unit_and_facing_the_camera(
+    rendered: tuple[list[SceneSpec], dict[str, torch.Tensor]],
+) -> None:
+    _, out = rendered
+    n, valid = out["normals"], out["valid"]
+    torch.testing.assert_close(
+        n[valid].norm(dim=-1), torch.ones(int(valid.sum())), atol=1e-5, rtol=0
+    )
+    assert (n[~valid] == 0).all()
+    # A visible surface faces the camera that sees it: n . (point - camera centre) <= 0.
+    ext = out["extrinsics"]
+    rot, t = ext[..., :3], ext[..., 3]
+    centre = -(rot.transpose(-1, -2) @ t[..., None])[..., 0]
+    view = out["world_points"] - centre[:, :, None, None, :]
+    assert ((n * view).sum(-1)[valid] <= 1e-4).all()
+
+
+def test_albedo_is_zero_off_surface(
+    rendered: tuple[list[SceneSpec], dict[str, torch.Tensor]],
+) -> None:
+    _, out = rendered
+    valid = out["valid"][:, :, None].expand_as(out["albedo"])
+    assert (out["albedo"][~valid] == 0).all()
+    assert out["albedo"].min() >= 0 and out["albedo"].max() <= 1
+
+
+def test_heightfield_points_lie_on_the_surface() -> None:
+    """A top-down view of a lone relief: every hit's z equals the analytic height there."""
+    field = HeightField(
+        (0.0, 0.0),
+        (2.0, 2.0),
+        ((0.8, 0.2, -0.1, 0.5), (0.4, -0.6, 0.5, 0.3)),
+        (0.05, 2.0, 1.0, 0.3),
+    )
+    cam = Camera(
+        trajectory="orbit",
+        views=2,
+        distance=3.0,
+        elevation_deg=60.0,
+        fov_deg=50.0,
+        span_deg=20.0,
+        lookat_jitter=0.0,
+    )
+    spec = SceneSpec(heightfields=(field,), camera=cam)
+    out = render([spec], SIZE)
+    rot, eye = cam.poses()
+    r0, e0 = torch.tensor(rot[0]), torch.tensor(eye[0])
+    pts = out["world_points"][0].double()[out["valid"][0]] @ r0 + e0  # back to the z-up scene frame
+    x, y, z = pts.unbind(-1)
+    u, v = x / 2.0, y / 2.0
+    h = sum(
+        a * torch.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * s * s))
+        for a, bx, by, s in field.bumps
+    )
+    h = ((1 - u * u) * (1 - v * v)) ** 2 * (h + 0.05 * torch.sin(2.0 * x + 1.0 * y + 0.3))
+    on_field = (z > 1e-3) & (u.abs() < 1) & (v.abs() < 1)
+    assert on_field.sum() > 50
+    assert (z - h)[on_field].abs().max() < 1e-4
+
+
+def test_deterministic_and_batch_independent() -> None:
+    specs = sample_scenes(FactorSpec("all", scenes=2, views=2, seed=3))
+    first = render(specs, SIZE)
+    again = render(specs, SIZE, chunk=1000)
+    alone = render(specs[1:], SIZE)
+    twice = render(specs, SIZE)
+    for key in OUTPUT_KEYS:
+        assert torch.equal(first[key], twice[key]), key
+        # Chunking and batching change only float rounding (matmul blocking), not hits.
+        assert torch.equal(first["valid"], again["valid"])
+        torch.testing.assert_close(first[key], again[key], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(first[key][1:], alone[key], atol=1e-4, rtol=1e-4)
+
+
+def test_spec_json_round_trip() -> None:
+    spec = _scene()
+    data = json.loads(json.dumps(spec.to_dict()))
+    back = SceneSpec.from_dict(data)
+    assert back == spec
+    assert back.spec_hash() == spec.spec_hash()
+    assert _scene("orbit").spec_hash() != spec.spec_hash()
+    with pytest.raises(ConfigError, match="unknown keys"):
+        SceneSpec.from_dict({**data, "colour": 1})
+
+
+@pytest.mark.parametrize("size", [0, -14, 20, 27, 14.0, True])
+def test_bad_size_rejected(size: object) -> None:
+    with pytest.raises(ConfigError, match="multiple of the patch size"):
+        render([_scene()], size)  # type: ignore[arg-type]
+
+
+def test_bad_inputs_rejected() -> None:
+    with pytest.raises(ConfigError, match="at least one"):
+        render([], SIZE)
+    with pytest.raises(ConfigError, match="same number of views"):
+        render([_scene(views=2), _scene(views=3)], SIZE)
+    with pytest.raises(ConfigError, match="SceneSpec"):
+        render([{"boxes": []}], SIZE)  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="chunk"):
+        render([_scene()], SIZE, chunk=0)
+    with pytest.raises(ConfigError, match="compiled"):
+        render([_scene()], SIZE, compiled="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: Camera(trajectory="helix"), "trajectory"),
+        (lambda: Camera(views=0), "views"),
+        (lambda: Camera(fov_deg=170.0), "fov_deg"),
+        (lambda: Texture(kind="plaid"), "texture kind"),
+        (lambda: Texture(palette=((1.0, 0.0, 0.0),)), "2-4 RGB"),
+        (lambda: Texture(palette=((2.0, 0.0, 0.0), (0.0, 0.0, 0.0))), r"\[0, 1\]"),
+        (lambda: Lighting(lights=()), "1-3 lights"),
+        (lambda: Light(kind="spot"), "light kind"),
+        (lambda: Sphere(radius=-1.0), "radius"),
+        (lambda: Box(half_size=(1.0, 0.0, 1.0)), "half_size"),
+        (lambda: SubObject(face=5), "face"),
+        (lambda: HeightField(bumps=()), "bumps"),
+    ],
+)
+def test_bad_specs_rejected(build: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build()  # type: ignore[operator]
