@@ -255,8 +255,8 @@ def sample_scenes(spec: FactorSpec) -> list[SceneSpec]:
                 spheres=spheres,
                 cylinders=cylinders,
                 heightfields=fields,
-                lighting=_lighting(*parts["lighting"]),
-                camera=_camera(*parts["camera"], spec.views),
+                lighting=draw_lighting(*parts["lighting"]),
+                camera=draw_camera(*parts["camera"], spec.views),
             )
         )
     return scenes
@@ -360,7 +360,8 @@ def _geometry(
     return Ground(40.0, mats[0]), tuple(boxes), tuple(spheres), tuple(cylinders), tuple(fields)
 
 
-def _lighting(rng: np.random.Generator, lr: LightingRanges) -> Lighting:
+def draw_lighting(rng: np.random.Generator, lr: LightingRanges) -> Lighting:
+    """One lighting setup from ``lr``; public so task samplers reuse the families' draws."""
     lights = []
     for _ in range(_i(rng, lr.lights)):
         color = tuple(
@@ -390,7 +391,8 @@ def _lighting(rng: np.random.Generator, lr: LightingRanges) -> Lighting:
     )
 
 
-def _camera(rng: np.random.Generator, c: CameraRanges, views: int) -> Camera:
+def draw_camera(rng: np.random.Generator, c: CameraRanges, views: int) -> Camera:
+    """One camera path of ``views`` frames from ``c``; public for the task samplers."""
     trajectory = str(rng.choice(c.trajectories))
     span = _u(rng, c.micro_span_deg if trajectory == "micro" else c.span_deg)
     return Camera(

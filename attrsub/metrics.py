@@ -255,7 +255,7 @@ def evaluate_batch(
     out.update({"pc_acc": NAN, "pc_comp": NAN, "pc_nc": NAN})
     t = f"{threshold:g}"
     out.update({f"cam_rra{t}": NAN, f"cam_rta{t}": NAN, f"cam_auc{auc_max}": NAN})
-    missing = [k for k in ("images", "depths", "valid", "extrinsics") if k not in batch]
+    missing = [k for k in ("images", "depths", "valid") if k not in batch]
     if missing:
         raise ConfigError(f"batch lacks {missing} (keys: {sorted(batch)})")
     valid = batch["valid"].bool() & (batch["depths"] > 0)
@@ -265,7 +265,7 @@ def evaluate_batch(
             depth = depth[..., 0] if depth.ndim == 5 else depth
             out.update(depth_metrics(depth, batch["depths"], valid, depth_align))
         image_hw = batch["images"].shape[-2:]
-        if "pose_enc" in pred:
+        if "pose_enc" in pred and "extrinsics" in batch:
             extr, _ = pose_encoding_to_extrinsics_intrinsics(pred["pose_enc"].double(), image_hw)
             out.update(camera_metrics(extr, batch["extrinsics"], threshold, auc_max))
         points = _predicted_points(pred, points_from, image_hw)

@@ -33,6 +33,7 @@ def contact_sheet(
         label = ds.info.get("label", Path(path).name)
         rows += [(label, ds, i) for i in range(min(scenes, len(ds)))]
     ncols = 2 * min(views, max(ds.views for _, ds, _ in rows))
+    cmap = plt.get_cmap("turbo").with_extremes(bad="black")
     fig, axes = plt.subplots(
         len(rows), ncols, figsize=(1.6 * ncols, 1.7 * len(rows)), squeeze=False
     )
@@ -51,8 +52,6 @@ def contact_sheet(
             depth = item["depths"][v].clone()
             valid = item["valid"][v]
             shown = depth.masked_fill(~valid, float("nan")).numpy()
-            cmap = plt.get_cmap("turbo").copy()
-            cmap.set_bad("black")
             ax_depth.imshow(shown, cmap=cmap)
             if r == 0:
                 ax_rgb.set_title(f"view {v} RGB", fontsize=8)

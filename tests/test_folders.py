@@ -107,3 +107,15 @@ def test_folder_without_cameras_gives_depth_only(tmp_path: Path) -> None:
     item = FolderDataset(tmp_path, size=56)[0]
     assert set(item) == {"images", "depths", "valid"}
     assert item["depths"].shape == (3, 56, 56)
+
+
+def test_evaluate_on_a_folder_without_poses_gives_depth_metrics(tmp_path: Path) -> None:
+    from attrsub.evaluate import evaluate, open_data
+    from attrsub.model import build
+
+    _manifest(tmp_path)
+    _write_plane_sample(tmp_path / "seq0", 140, 112)
+    (tmp_path / "seq0" / "cameras.json").unlink()
+    metrics = evaluate(build("vggt-tiny"), open_data(tmp_path, size=56))
+    assert {"depth_absrel", "depth_delta1", "samples"} <= set(metrics)
+    assert "cam_auc30" not in metrics and "pc_acc" not in metrics
