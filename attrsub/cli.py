@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from attrsub.errors import AttrsubError
+from attrsub.errors import AttrsubError, ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -91,6 +91,110 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mine_adapter(args: argparse.Namespace) -> int:
+    from attrsub.mine import mine_adapter
+
+    out = mine_adapter(
+        args.factor,
+        args.group,
+        args.seed,
+        args.out,
+        base=args.base,
+        weights=args.weights,
+        random_init=args.untrained,
+        scenes=args.scenes,
+        views=args.views,
+        size=args.size,
+        steps=args.steps,
+        lr=args.lr,
+        rank=args.rank,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        heads=args.heads,
+        cache=args.cache,
+        device=args.device,
+        checkpoint_dir=args.checkpoint_dir,
+        progress=True,
+    )
+    print(out)
+    return 0
+
+
+def _extract_rank(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def cmd_bank_build(args: argparse.Namespace) -> int:
+    from attrsub.bank import save_bank
+    from attrsub.mine import build_bank, find_adapters
+    from attrsub.subspace import ExtractConfig
+
+    cfg = ExtractConfig(
+        method=args.method, rank=_extract_rank(args.rank), alpha=args.alpha, iters=args.iters
+    )
+    if args.out.is_dir():
+        raise ConfigError(f"--out {str(args.out)!r} is a folder; give a file name")
+    bank = build_bank(find_adapters(args.adapters), cfg)
+    print(save_bank(bank, args.out))
+    return 0
+
+
+def cmd_bank_info(args: argparse.Namespace) -> int:
+    from attrsub.bank import load_bank, summary
+
+    info = summary(load_bank(args.file))
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    print(f"base {info['base']['name']} (weights {info['base']['weights_hash'][:16]})")
+    print(f"extraction {info['extract']}")
+    print(f"{info['layers']} layers")
+    for f, d in info["factors"].items():
+        cliffs = list(d["cliff_per_layer"].values())
+        print(
+            f"  {f:>10s}: {d['adapters']} adapters, rank {d['rank_min']}..{d['rank_max']}, "
+            f"spectral cliff (largest log-gap) at {min(cliffs)}..{max(cliffs)}, "
+            f"median {sorted(cliffs)[len(cliffs) // 2]}"
+        )
+    for pair, d in info["pairs"].items():
+        print(
+            f"  {pair:>21s}: mean principal angle {d['col_angle_mean_deg']:.1f} deg, "
+            f"scale-invariant distance {d['scale_inv_distance_mean']:.3f}"
+        )
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from attrsub.methods import finetune
+
+    factors = tuple(f for f in (args.factors or "").split(",") if f)
+    metrics = finetune(
+        args.task,
+        args.method,
+        base=args.base,
+        weights=args.weights,
+        random_init=args.untrained,
+        bank=args.bank,
+        factors=factors,
+        rank=args.rank,
+        total_rank=args.total_rank,
+        ortho=args.ortho,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        train_scenes=args.train_scenes,
+        eval_scenes=args.eval_scenes,
+        views=args.views,
+        size=args.size,
+        cache=args.cache,
+        out=args.out,
+        device=args.device,
+    )
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from attrsub.data import ALL, FACTORS
     from attrsub.model import CONFIGS
@@ -139,6 +243,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("mine-adapter", help="train one LoRA adapter on a factor dataset")
+    p.add_argument("--factor", required=True, help=f"one of {', '.join(FACTORS)}")
+    p.add_argument("--group", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="adapter folder (must not exist)")
+    p.add_argument("--base", default="vggt-tiny", choices=sorted(CONFIGS))
+    p.add_argument("--weights", type=Path, default=None, help="default: the shipped weights")
+    p.add_argument("--untrained", action="store_true", help="random-init base (for tests)")
+    p.add_argument("--scenes", type=int, default=16)
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=None, help="default: 2 x rank")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--heads", action="store_true", help="also adapt the heads' linears")
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--checkpoint-dir", type=Path, default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_mine_adapter)
+
+    p = sub.add_parser("bank", help="build or inspect a subspace bank")
+    bank_sub = p.add_subparsers(dest="bank_command", required=True)
+    q = bank_sub.add_parser("build", help="extract every factor's subspaces from adapters")
+    q.add_argument("--adapters", type=Path, nargs="+", required=True,
+                   help="adapter folders or folders of them (sidecars say their factor)")
+    q.add_argument("--out", type=Path, required=True, help="bank file (.safetensors)")
+    q.add_argument("--method", default="irls", help="irls, mean or svd")
+    q.add_argument("--rank", default="16", help="an int, cliff-gap or cliff-energy")
+    q.add_argument("--alpha", type=float, default=1.0)
+    q.add_argument("--iters", type=int, default=20)
+    q.set_defaults(func=cmd_bank_build)
+    q = bank_sub.add_parser("info", help="summary of a bank")
+    q.add_argument("file", type=Path)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_bank_info)
+
+    p = sub.add_parser("finetune", help="fine-tune on a downstream task with one method")
+    p.add_argument("--task", required=True)
+    p.add_argument("--method", default="reduced")
+    p.add_argument("--bank", type=Path, default=None)
+    p.add_argument("--factors", default=None, help="comma-separated, e.g. texture,geometry")
+    p.add_argument("--rank", type=int, default=8,
+                   help="per-factor rank (reduced), D (psv, random), r (lora, pissa)")
+    p.add_argument("--total-rank", type=int, default=None, help="reduced: truncate to D")
+    p.add_argument("--ortho", default="qr")
+    p.add_argument("--base", default="vggt-tiny", choices=sorted(CONFIGS))
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--untrained", action="store_true")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--train-scenes", type=int, default=16)
+    p.add_argument("--eval-scenes", type=int, default=16)
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="folder for metrics.json and weights")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 

@@ -1,10 +1,11 @@
 """Batched analytic ray caster for ``SceneSpec``s, in plain torch (same code on CPU and CUDA).
 
 Every pixel of every view of every scene is one ray; the work is vectorized over scenes, rays
-and primitives (padded per type), with Python loops only over primitive types, lights and
-ray chunks (chunks bound the [rays, primitives] intermediates; they are large because eager
-per-op overhead dominates small ones). Rays that miss a scene's bounding sphere are tested
-against the ground only (per-scene stable-sort compaction). Ground truth is
+and primitives, with Python loops only over primitive types, lights and ray chunks. Rays are
+traced in groups of TILE x TILE pixels: each group's rays are bounded by a cone, and only the
+(group, primitive) pairs whose bounding sphere meets that cone run the exact intersectors (for
+primary and shadow rays alike), so each ray is tested against the few primitives it can hit;
+the culling is conservative, so hits equal brute force. Ground truth is
 exact by construction: depth, world points and normals come from the very hit that was
 shaded. Spheres, boxes, cylinders and the ground plane are intersected in closed form;
 height fields by ray marching to bracket the first crossing, then safeguarded Newton steps
@@ -46,6 +47,8 @@ SHADOW_MARCH_STEPS = 8
 NEWTON_STEPS = 6
 # Shadow rays start this far (scene units) off the surface to avoid self-hits.
 SHADOW_EPS = 1e-3
+# Rays are culled in groups of TILE x TILE pixels (sizes are multiples of the patch size 14).
+TILE = 7
 INF = float("inf")
 
 
@@ -57,7 +60,6 @@ class _Batch:
     rot: Tensor  # [B,V,3,3] camera-from-scene
     focal: Tensor  # [B]
     ground: Tensor  # [B] half extent
-    bound: Tensor | None  # [B,4] sphere (centre, radius) around every primitive but the ground
     sph: tuple[Tensor, ...] | None  # centre [B,S,3], radius [B,S], material [B,S], ok [B,S]
     box: (
         tuple[Tensor, ...] | None
@@ -118,7 +120,7 @@ def _pack(specs: list[SceneSpec], device: torch.device, compiled: bool = False) 
     per: dict[str, list[list[np.ndarray]]] = {
         k: [] for k in ("sph", "box", "cyl", "hf", "mat", "light")
     }
-    eyes, rots, focal, ground, ambient, sky, exposure, bounds = [], [], [], [], [], [], [], []
+    eyes, rots, focal, ground, ambient, sky, exposure = [], [], [], [], [], [], []
     for spec in specs:
         mats: list[Material] = [spec.ground.material]
         sph, box, cyl, hf = [], [], [], []
@@ -159,7 +161,6 @@ def _pack(specs: list[SceneSpec], device: torch.device, compiled: bool = False) 
         eyes.append(eye)
         focal.append(0.5 / math.tan(math.radians(spec.camera.fov_deg) / 2))
         ground.append(spec.ground.half_extent)
-        bounds.append(_bound(sph, box, cyl, hf))
         lit = spec.lighting
         ambient.append(np.array(lit.ambient_color) * lit.ambient)
         sky.append(lit.sky)
@@ -219,9 +220,6 @@ def _pack(specs: list[SceneSpec], device: torch.device, compiled: bool = False) 
         rot=f32(np.stack(rots)),
         focal=f32(focal),
         ground=f32(ground),
-        bound=f32(np.stack(bounds))
-        if any(len(r) for k in ("sph", "box", "cyl", "hf") for r in per[k])
-        else None,
         sph=sph,
         box=box,
         cyl=cyl,
@@ -236,23 +234,6 @@ def _pack(specs: list[SceneSpec], device: torch.device, compiled: bool = False) 
         sky=f32(np.stack(sky)),
         exposure=f32(exposure),
     )
-
-
-def _bound(
-    sph: list[np.ndarray], box: list[np.ndarray], cyl: list[np.ndarray], hf: list[np.ndarray]
-) -> np.ndarray:
-    """A sphere around all primitive rows of one scene (a far-away point sphere when empty)."""
-    spheres = [(r[:3], r[3]) for r in sph]
-    spheres += [(r[:3], np.linalg.norm(r[12:15])) for r in box]
-    spheres += [(r[:3], math.hypot(r[3], r[4])) for r in cyl]
-    for r in hf:
-        top = r[_HF_WIDTH - 1]
-        spheres.append((np.array([r[0], r[1], top / 2]), math.hypot(r[2], r[3], top / 2)))
-    if not spheres:
-        return np.array([0.0, 0.0, -1e6, 0.0])
-    lo = np.min([c - rad for c, rad in spheres], 0)
-    hi = np.max([c + rad for c, rad in spheres], 0)
-    return np.concatenate([(lo + hi) / 2, [np.linalg.norm(hi - lo) / 2 * 1.001 + 1e-4]])
 
 
 # Height-field parameter row: centre xy, half extent xy, MAX_BUMPS x (a, x, y, 1/(2 sigma^2)),
@@ -286,11 +267,21 @@ def _mat_row(m: Material) -> np.ndarray:
     )
 
 
-def _render(sc: _Batch, size: int, chunk: int) -> dict[str, Tensor]:
+def _render(sc: _Batch, size: int, chunk: int, cull: bool = True) -> dict[str, Tensor]:
+    """Trace in tile-major ray order (so every TILE x TILE pixel block is one contiguous ray
+    group for culling), then restore row-major pixel order. ``cull=False`` is the brute-force
+    reference: every group is tested against every primitive."""
     dev = sc.eye.device
     b_n, v_n = sc.eye.shape[:2]
     p_n = size * size
     n_rays = v_n * p_n
+    tiles = size // TILE
+    order = (
+        torch.arange(p_n, device=dev)
+        .reshape(tiles, TILE, tiles, TILE)
+        .permute(0, 2, 1, 3)
+        .reshape(p_n)
+    )
     # Camera-frame pixel rays (z = 1), shared by all views of a scene.
     pix = (torch.arange(size, device=dev, dtype=torch.float32) + 0.5) / size - 0.5
     ys, xs = torch.meshgrid(pix, pix, indexing="ij")
@@ -301,7 +292,7 @@ def _render(sc: _Batch, size: int, chunk: int) -> dict[str, Tensor]:
             torch.ones_like(xs)[None].expand(b_n, -1, -1),
         ],
         -1,
-    ).reshape(b_n, 1, p_n, 3)
+    ).reshape(b_n, 1, p_n, 3)[:, :, order]
     inv_len = cam.norm(dim=-1).reciprocal()  # [B,1,P]: z of the unit ray = z-depth per unit length
     d_all = torch.matmul(cam * inv_len[..., None], sc.rot).reshape(b_n, n_rays, 3)
     o_all = sc.eye[:, :, None, :].expand(b_n, v_n, p_n, 3).reshape(b_n, n_rays, 3)
@@ -312,12 +303,21 @@ def _render(sc: _Batch, size: int, chunk: int) -> dict[str, Tensor]:
     out_p = torch.empty(b_n, n_rays, 3, device=dev)
     out_n = torch.empty(b_n, n_rays, 3, device=dev)
     out_t = torch.empty(b_n, n_rays, device=dev)
-    step = max(1, chunk // b_n)
+    group = TILE * TILE
+    step = max(1, chunk // (b_n * group)) * group
     for s in range(0, n_rays, step):
         sl = slice(s, min(s + step, n_rays))
-        rgb, alb, p, n, t = _shade(sc, o_all[:, sl], d_all[:, sl])
+        rgb, alb, p, n, t = _shade(sc, o_all[:, sl], d_all[:, sl], cull)
         out_rgb[:, sl], out_alb[:, sl], out_p[:, sl], out_n[:, sl], out_t[:, sl] = rgb, alb, p, n, t
 
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(p_n, device=dev)
+
+    def unsort(x: Tensor) -> Tensor:
+        return x.reshape(b_n, v_n, p_n, -1)[:, :, inv].reshape(b_n, n_rays, -1)
+
+    out_rgb, out_alb, out_p, out_n = (unsort(x) for x in (out_rgb, out_alb, out_p, out_n))
+    out_t, zscale = unsort(out_t)[..., 0], unsort(zscale)[..., 0]
     valid = torch.isfinite(out_t)
     r0 = sc.rot[:, 0]
     world = torch.matmul(out_p - sc.eye[:, :1], r0.transpose(1, 2))
@@ -358,9 +358,11 @@ def _cameras(sc: _Batch, size: int) -> tuple[Tensor, Tensor]:
     return ext, k
 
 
-def _shade(sc: _Batch, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _shade(
+    sc: _Batch, o: Tensor, d: Tensor, cull: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Trace, then Lambert + Blinn-Phong with shadow rays per light, then tonemap."""
-    t, kind, idx = _trace(sc, o, d)
+    t, kind, idx = _trace(sc, o, d, cull=cull)
     valid = torch.isfinite(t)
     t_safe = torch.where(valid, t, 0.0)
     t_safe, p, n, q, m = _surface(sc, o, d, t_safe, kind, idx)
@@ -380,7 +382,7 @@ def _shade(sc: _Batch, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
         ndl = (n * ldir).sum(-1, keepdim=True)
         lit = valid & (ndl[..., 0] > 0) & (irr.amax(-1) > 0)
         tmax = torch.where(point[..., 0], dist[..., 0] - SHADOW_EPS, INF)
-        blocked = _trace(sc, origin, ldir, tmax=tmax, active=lit)
+        blocked = _trace(sc, origin, ldir, tmax=tmax, active=lit, cull=cull)
         vis = (lit & ~blocked)[..., None]
         half = ldir - d
         half = half / half.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -393,39 +395,147 @@ def _shade(sc: _Batch, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
 
 
 def _trace(
-    sc: _Batch, o: Tensor, d: Tensor, tmax: Tensor | None = None, active: Tensor | None = None
+    sc: _Batch,
+    o: Tensor,
+    d: Tensor,
+    tmax: Tensor | None = None,
+    active: Tensor | None = None,
+    cull: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor] | Tensor:
     """Closest hit (t, primitive type, index) or, with ``tmax``, any-hit occlusion [B,N].
 
-    Rays that miss a scene's bounding sphere (or are inactive) can only hit the ground, so
-    each scene's remaining rays are moved to the front (a stable sort), the primitives are
-    tested on that prefix only, and the results are scattered back. The prefix is padded to
-    the longest scene's count with genuine rays, so no result needs masking.
+    Rays come in groups of TILE x TILE (one screen tile of one view). Each group is bounded
+    by a cone (apex ball + axis + half-angle) and tested against each primitive's bounding
+    sphere; the closed-form kernels then run only on the (group, primitive) pairs that pass,
+    with batch := pairs, and their hits are min-reduced (or OR-ed) back per ray. The test is
+    conservative, so the hits equal brute force (``cull=False``: every pair) exactly.
     """
     t_ground = _ground(o, d, sc.ground, 0.0)
     b_n, n_r = t_ground.shape
-    if sc.bound is None:
-        return _finish(t_ground, None, tmax, active)
-    need = _hits_sphere(o, d, sc.bound[:, None, :3], sc.bound[:, None, 3])
-    if active is not None:
-        need &= active
-    count = int(need.sum(1).max())
-    if count == 0:
-        return _finish(t_ground, None, tmax, active)
-    if count > 0.85 * n_r:
-        return _finish(t_ground, _trace_objects(sc, o, d, tmax, active), tmax, active)
-    order = torch.sort(need.to(torch.uint8), dim=1, descending=True, stable=True)[1][:, :count]
-    pick = order[..., None].expand(-1, -1, 3)
-    sub_t = None if tmax is None else tmax.gather(1, order)
-    sub_a = None if active is None else active.gather(1, order)
-    got = _trace_objects(sc, o.gather(1, pick), d.gather(1, pick), sub_t, sub_a)
+    group = TILE * TILE
+    g_n = b_n * n_r // group
+    og, dg = o.reshape(g_n, group, 3), d.reshape(g_n, group, 3)
+    ag = None if active is None else active.reshape(g_n, group)
+    tg = None if tmax is None else tmax.reshape(g_n, group)
+    cone = _cone(og, dg, ag) if cull else None
+    per_scene = g_n // b_n
+    tmin = 0.0
+    if tmax is None:
+        best_t = torch.full((g_n, group), INF, device=d.device)
+        hits: list[tuple[Tensor, Tensor, Tensor]] = []
+    else:
+        blocked = torch.zeros(g_n, group, device=d.device)
+    for kind, centre, radius, ok, params in _primitives(sc):
+        if cone is None:
+            cand = ok.repeat_interleave(per_scene, 0)
+        else:
+            rep = (b_n, per_scene, *centre.shape[1:])
+            c_g = centre[:, None].expand(rep).reshape(g_n, *centre.shape[1:])
+            r_g = radius[:, None].expand(rep[:3]).reshape(g_n, -1)
+            cand = _cone_hits(*cone, c_g, r_g) & ok.repeat_interleave(per_scene, 0)
+        gi, mi = cand.nonzero(as_tuple=True)
+        if gi.numel() == 0:
+            continue
+        bi = gi // per_scene
+        po, pd = og[gi], dg[gi]
+        pp = [x[bi, mi][:, None] for x in params]
+        true = torch.ones(gi.shape[0], 1, dtype=torch.bool, device=d.device)
+        if kind == SPHERE:
+            h = sc.kernels.spheres(po, pd, *pp, true, tmin)
+        elif kind == BOX:
+            h = sc.kernels.boxes(po, pd, *pp, true, tmin)
+        elif kind == CYLINDER:
+            h = sc.kernels.cylinders(po, pd, *pp, true, tmin)
+        else:
+            # Last type: skip rays something nearer (closest hit) or anything (any-hit) has.
+            tgr = t_ground.reshape(g_n, group)
+            if tmax is None:
+                cut, act = torch.minimum(best_t, tgr)[gi], None
+            else:
+                free = (blocked == 0) & (tgr >= tg)  # type: ignore[operator]
+                cut, act = None, (free if ag is None else free & ag)[gi]
+            h = _heightfields(
+                sc.kernels.height, po, pd, *pp, true, tmin, None if tg is None else tg[gi], act, cut
+            )
+        h = h[..., 0]
+        if tmax is None:
+            best_t.scatter_reduce_(0, gi[:, None].expand_as(h), h, "amin")
+            hits.append((gi, h, kind * 1024 + mi[:, None].expand_as(h)))
+        else:
+            blocked.index_add_(0, gi, (h < tg[gi]).float())  # type: ignore[index]
     if tmax is not None:
-        blocked = torch.zeros(b_n, n_r, dtype=torch.bool, device=d.device)
-        return _finish(t_ground, (blocked.scatter(1, order, got[0]),), tmax, active)
-    full_t = torch.full((b_n, n_r), INF, device=d.device).scatter(1, order, got[0])
-    full_k = torch.zeros(b_n, n_r, dtype=torch.long, device=d.device).scatter(1, order, got[1])  # type: ignore[misc]
-    full_i = torch.zeros(b_n, n_r, dtype=torch.long, device=d.device).scatter(1, order, got[2])  # type: ignore[misc]
-    return _finish(t_ground, (full_t, full_k, full_i), tmax, active)
+        return _finish(t_ground, (blocked.reshape(b_n, n_r) > 0,), tmax, active)
+    if not hits:
+        return _finish(t_ground, None, tmax, active)
+    # Ties go to the lowest (type, index), as a min over stacked [type, index] hits would.
+    key = torch.full((g_n, group), 1 << 30, dtype=torch.long, device=d.device)
+    for gi, h, k in hits:
+        won = torch.where(h == best_t[gi], k, 1 << 30)
+        key.scatter_reduce_(0, gi[:, None].expand_as(h), won, "amin")
+    t_obj = best_t.reshape(b_n, n_r)
+    key = torch.where(torch.isfinite(best_t), key, 0).reshape(b_n, n_r)
+    return _finish(t_ground, (t_obj, key // 1024, key % 1024), tmax, active)
+
+
+def _primitives(sc: _Batch) -> list[tuple[int, Tensor, Tensor, Tensor, tuple[Tensor, ...]]]:
+    """Per primitive type: kind, bounding spheres (centre [B,M,3], radius [B,M]), ok, and the
+    kernel's parameter tensors [B,M,...]."""
+    out = []
+    if sc.sph is not None:
+        c, r, _, ok = sc.sph
+        out.append((SPHERE, c, r, ok, (c, r)))
+    if sc.box is not None:
+        c, rot, half, _, ok = sc.box
+        out.append((BOX, c, half.norm(dim=-1), ok, (c, rot, half)))
+    if sc.cyl is not None:
+        c, r, hh, _, ok = sc.cyl
+        out.append((CYLINDER, c, torch.hypot(r, hh), ok, (c, r, hh)))
+    if sc.hf is not None:
+        params, top, _, ok = sc.hf
+        cx, cy, hx, hy = params[..., :4].unbind(-1)
+        c = torch.stack([cx, cy, top / 2], -1)
+        rad = torch.stack([hx, hy, top / 2], -1).norm(dim=-1)
+        out.append((HEIGHTFIELD, c, rad, ok, (params, top)))
+    return out
+
+
+def _angle(u: Tensor, v: Tensor) -> Tensor:
+    """Angle between vectors, accurate near 0 and pi (atan2 rather than acos)."""
+    return torch.atan2(torch.linalg.cross(u, v).norm(dim=-1), (u * v).sum(-1))
+
+
+def _cone(o: Tensor, d: Tensor, active: Tensor | None) -> tuple[Tensor, ...]:
+    """Bound each group's (active) rays [G,T]: apex centre, apex radius, unit axis, half-angle,
+    and whether any ray is active. Every ray starts within the apex ball, heading within the
+    half-angle of the axis."""
+    if active is None:
+        active = torch.ones(o.shape[:2], dtype=torch.bool, device=o.device)
+    w = active[..., None]
+    cnt = active.sum(1, keepdim=True).clamp_min(1)
+    apex = torch.where(w, o, 0.0).sum(1) / cnt
+    rho = torch.where(active, (o - apex[:, None]).norm(dim=-1), 0.0).amax(1)
+    axis = torch.where(w, d, 0.0).sum(1)
+    axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+    cos = torch.where(active, (d * axis[:, None]).sum(-1), 1.0).amin(1)
+    theta = torch.acos(cos.clamp(-1.0, 1.0))  # acos is coarse near 0: _cone_hits adds margin
+    return apex, rho, axis, theta, active.any(1)
+
+
+def _cone_hits(
+    apex: Tensor, rho: Tensor, axis: Tensor, theta: Tensor, live: Tensor, c: Tensor, r: Tensor
+) -> Tensor:
+    """Conservative: can any ray of the group [G] pass through the sphere (c, r) [G,M]?
+
+    A ray from o (|o - apex| <= rho) along d hits the sphere only if the ray from the apex
+    along d passes within r + rho of c, i.e. angle(c - apex, d) <= asin((r + rho) / |c - apex|),
+    so angle(c - apex, axis) <= theta + that. Margins cover float rounding of both tests.
+    """
+    rr = (r + rho[:, None]) * 1.001 + 1e-4
+    w = c - apex[:, None]
+    dist = w.norm(dim=-1)
+    ang = _angle(w, axis[:, None].expand_as(w))
+    lim = theta[:, None] + torch.asin((rr / dist.clamp_min(1e-20)).clamp(max=1.0)) + 1e-3
+    return live[:, None] & ((dist <= rr) | (ang <= lim))
 
 
 def _finish(
@@ -447,52 +557,6 @@ def _finish(
         torch.where(ground_wins, GROUND, k_obj),
         torch.where(ground_wins, 0, i_obj),
     )
-
-
-def _hits_sphere(o: Tensor, d: Tensor, c: Tensor, r: Tensor) -> Tensor:
-    """Conservative ray-sphere overlap (the ray's line passes within r, ahead of the origin)."""
-    oc = c - o
-    b = (oc * d).sum(-1)
-    q = (oc * oc).sum(-1) - r * r
-    return (q <= 0) | ((b > 0) & (b * b >= q))
-
-
-def _trace_objects(
-    sc: _Batch, o: Tensor, d: Tensor, tmax: Tensor | None, active: Tensor | None
-) -> tuple[Tensor, ...]:
-    """Every primitive but the ground: (blocked,) for any-hit, else (t, type, index)."""
-    tmin = 0.0
-    hits: list[Tensor] = []
-    kinds: list[int] = []
-    if sc.sph is not None:
-        hits.append(sc.kernels.spheres(o, d, *sc.sph[:2], sc.sph[3], tmin))
-        kinds.append(SPHERE)
-    if sc.box is not None:
-        c, rot, half, _, ok = sc.box
-        hits.append(sc.kernels.boxes(o, d, c, rot, half, ok, tmin))
-        kinds.append(BOX)
-    if sc.cyl is not None:
-        c, r, hh, _, ok = sc.cyl
-        hits.append(sc.kernels.cylinders(o, d, c, r, hh, ok, tmin))
-        kinds.append(CYLINDER)
-    if sc.hf is not None:
-        params, top, _, ok = sc.hf
-        hits.append(_heightfields(sc.kernels.height, o, d, params, top, ok, tmin, tmax, active))
-        kinds.append(HEIGHTFIELD)
-    if tmax is not None:
-        blocked = torch.zeros(d.shape[:2], dtype=torch.bool, device=d.device)
-        for h in hits:
-            blocked |= (h < tmax[..., None]).any(-1)
-        return (blocked,)
-    best_t, best_i = [], []
-    for h in hits:
-        tv, ti = h.min(-1)
-        best_t.append(tv)
-        best_i.append(ti)
-    t, which = torch.stack(best_t, -1).min(-1)
-    kind = torch.tensor(kinds, device=d.device)[which]
-    idx = torch.stack(best_i, -1).gather(-1, which[..., None])[..., 0]
-    return t, kind, idx
 
 
 def _ground(o: Tensor, d: Tensor, half: Tensor, tmin: float) -> Tensor:
@@ -589,8 +653,13 @@ def _heightfields(
     tmin: float,
     tmax: Tensor | None,
     active: Tensor | None,
+    tcut: Tensor | None = None,
 ) -> Tensor:
-    """March each ray through each field's bounding box; refine the first downward crossing."""
+    """March each ray through each field's bounding box; refine the first downward crossing.
+
+    Rays whose box entry is at or beyond ``tcut`` [B,N] are skipped: a hit already found
+    there is at least as near and wins ties, so marching them cannot change the result.
+    """
     cx, cy, hx, hy = (params[:, None, :, i] for i in range(4))
     inv = d.masked_fill(d == 0, 1e-20).reciprocal()[..., None, :]  # [B,N,1,3]
     lo = torch.stack([cx - hx, cy - hy, torch.zeros_like(cx)], -1)
@@ -604,6 +673,8 @@ def _heightfields(
     cand = (tn < tf) & ok[:, None, :]
     if active is not None:
         cand &= active[..., None]
+    if tcut is not None:
+        cand &= tn < tcut[..., None]
     out = torch.full(cand.shape, INF, device=d.device)
     bi, ni, hi_ = cand.nonzero(as_tuple=True)
     if bi.numel() == 0:
@@ -625,6 +696,9 @@ def _heightfields(
     if tmax is not None:
         out[bi[has], ni[has], hi_[has]] = 0.0  # any crossing inside [tmin, tmax) occludes
         return out
+    # Only rays that cross need refining (the rest keep INF).
+    bi, ni, hi_, ro, rd, pr = bi[has], ni[has], hi_[has], ro[has], rd[has], pr[has]
+    ts, gs, cross = ts[has], gs[has], cross[has]
     k = cross.to(torch.uint8).argmax(1, keepdim=True)
     a, b = ts.gather(1, k), ts.gather(1, k + 1)
     ga, gb = gs.gather(1, k), gs.gather(1, k + 1)
@@ -643,7 +717,7 @@ def _heightfields(
         step = t - gv / torch.where(slope.abs() > 1e-20, slope, -1e-20)
         fallback = a + (b - a) * ga / (ga - gb).clamp_min(1e-30) if it % 2 else 0.5 * (a + b)
         t = torch.where((step > a) & (step < b), step, fallback)
-    out[bi[has], ni[has], hi_[has]] = t[has, 0]
+    out[bi, ni, hi_] = t[:, 0]
     return out
 
 

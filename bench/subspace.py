@@ -10,7 +10,17 @@ so. Agreement is measured on those layers, on the float32 results both return: s
 values and IRLS weights (relative), and the rank-d' shared update U S V^T (relative
 Frobenius error).
 
-Run from the repository root: ``python -m bench.subspace [--threads 1] [--repeats 3]``.
+Section "training": one training step (forward, backward, AdamW step) of the reduced
+adapter (frozen U, V of width D, trainable D x D middle matrix M; random orthonormal bases,
+as the step cost does not depend on their values) versus PEFT LoRA of rank r = D on the same
+32 or 64 aggregator linears, for vggt-tiny and vggt-small on 4 frames at 112 px. Each
+configuration runs in a fresh process, so its peak resident memory (``ru_maxrss``, or
+``torch.cuda.max_memory_allocated`` on a GPU) is its own; the step time is the median of
+``--steps`` steps after two warm-up steps. The ratio column is reduced / LoRA (target
+<= 1.05).
+
+Run from the repository root: ``python -m bench.subspace [--threads 1] [--repeats 3]``
+(``--section extraction|training|all``).
 ``main`` prints one table per section; further sections (e.g. training-step time of the
 reduced adapter versus LoRA) add a ``bench_*`` function returning rows and a call in ``main``.
 """
@@ -18,9 +28,12 @@ reduced adapter versus LoRA) add a ``bench_*`` function returning rows and a cal
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -142,6 +155,106 @@ def bench_extraction(
     ]
 
 
+REDUCED_VS_LORA = {"reduced": "random", "lora": "lora"}
+
+
+def _training_setup(
+    config: str, method: str, rank: int, frames: int, size: int, device: str
+) -> tuple[Callable[[], None], int]:
+    """A model prepared by ``method`` and a closure running one AdamW step on a fixed batch."""
+    from attrsub.methods import prepare
+    from attrsub.model import build
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model, trainable = prepare(method, build(config), rank=rank, seed=0)
+    model.to(dev).train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    images = torch.rand(1, frames, 3, size, size, generator=torch.Generator().manual_seed(0))
+    images = images.to(dev)
+
+    def step() -> None:
+        out = model(images)
+        loss = out["depth"].square().mean() + out["pose_enc"].square().mean()
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step, trainable
+
+
+def _time_child(
+    config: str, rank: int, frames: int, size: int, steps: int, threads: int, device: str
+) -> dict[str, float]:
+    """Median step time of both methods, steps interleaved so load changes hit both alike."""
+    torch.set_num_threads(threads)
+    fns = {
+        name: _training_setup(config, method, rank, frames, size, device)[0]
+        for name, method in REDUCED_VS_LORA.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(steps + 2):
+        for name, fn in fns.items():
+            t = _median_time(fn, 1)
+            if i >= 2:  # two warm-up steps
+                times[name].append(t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _peak_child(
+    config: str, method: str, rank: int, frames: int, size: int, threads: int, device: str
+) -> tuple[float, int]:
+    """Peak memory (MiB) of a fresh process training ``method`` for three steps."""
+    torch.set_num_threads(threads)
+    step, trainable = _training_setup(config, method, rank, frames, size, device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(3):
+        step()
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20, trainable
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, trainable
+
+
+def _in_fresh_process(fn: Callable[..., object], *args: object) -> object:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def bench_training(
+    configs: Sequence[str] = ("vggt-tiny", "vggt-small"),
+    rank: int = 16,
+    frames: int = 4,
+    size: int = 112,
+    steps: int = 7,
+    threads: int = 1,
+    device: str = "cpu",
+) -> list[dict[str, object]]:
+    """Rows of the training table: reduced (D = rank) versus LoRA (r = rank) per config."""
+    rows: list[dict[str, object]] = []
+    for config in configs:
+        times = _in_fresh_process(_time_child, config, rank, frames, size, steps, threads, device)
+        res = {}
+        for name, method in REDUCED_VS_LORA.items():
+            peak, trainable = _in_fresh_process(
+                _peak_child, config, method, rank, frames, size, threads, device
+            )
+            res[name] = {"step_s": times[name], "peak_mib": peak, "trainable": trainable}
+            rows.append({"model": config, "method": name, "rank": rank, **res[name], "note": ""})
+        red, lora = res["reduced"], res["lora"]
+        rows.append({
+            "model": config, "method": "ratio", "rank": rank,
+            "step_s": red["step_s"] / lora["step_s"],
+            "peak_mib": red["peak_mib"] / lora["peak_mib"],
+            "trainable": red["trainable"] / lora["trainable"],
+            "note": "reduced / lora (target step_s <= 1.05)",
+        })
+    return rows
+
+
 def print_table(title: str, rows: Sequence[dict[str, object]]) -> None:
     """A plain-text table: one line per row, columns in the first row's key order."""
     print(f"\n## {title}")
@@ -171,12 +284,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="torch threads (1: the small core SVDs only lose from spinning threads on a "
         "shared box; both paths use the same setting)",
     )
+    parser.add_argument("--section", choices=("all", "extraction", "training"), default="all")
+    parser.add_argument("--steps", type=int, default=7, help="timed training steps (median)")
+    parser.add_argument("--device", default="cpu", help="training section: cpu or cuda")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = ExtractConfig()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {cfg}")
-    rows = bench_extraction(args.k, args.r, args.seed, args.repeats, args.dense_repeats, cfg)
-    print_table(f"extraction: k={args.k} adapters, r={args.r}, VGGT-1B aggregator", rows)
+    if args.section in ("all", "extraction"):
+        rows = bench_extraction(args.k, args.r, args.seed, args.repeats, args.dense_repeats, cfg)
+        print_table(f"extraction: k={args.k} adapters, r={args.r}, VGGT-1B aggregator", rows)
+    if args.section in ("all", "training"):
+        rows = bench_training(rank=args.r, steps=args.steps, threads=args.threads,
+                              device=args.device)
+        print_table(
+            f"training step: reduced (D={args.r}) vs LoRA (r={args.r}), 4 frames, 112 px, "
+            f"{args.device}, median of {args.steps}",
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,218 @@
+"""The subspace bank: every attribute's per-layer subspaces, with provenance, in one file.
+
+One safetensors file. Tensors are named ``<factor>/<layer>/<field>`` (fields: col_basis,
+row_basis, singular_values, spectrum, weights); the metadata key ``attrsub`` holds a JSON
+record: base name and weights hash, the extraction config, per factor the adapter sidecars
+it came from, and per layer its rank, iterations, method, scale and convergence. One file
+means one atomic write and one hash; the bank's ``content_hash`` (over the tensors) plus an
+integration key names a reduced basis (``basis_hash``), which saved M matrices carry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from attrsub import __version__
+from attrsub.errors import ConfigError, DataError
+from attrsub.fsio import atomic_path
+from attrsub.integrate import IntegratedBasis, integrate_all
+from attrsub.subspace import ExtractConfig, LayerSubspace
+
+FIELDS = ("col_basis", "row_basis", "singular_values", "spectrum", "weights")
+META_KEY = "attrsub"
+FORMAT = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Bank:
+    """All attributes' LayerSubspaces of one base model (factor -> layer -> subspace)."""
+
+    base_name: str
+    weights_hash: str
+    config: ExtractConfig
+    subspaces: dict[str, dict[str, LayerSubspace]]
+    sources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def factors(self) -> list[str]:
+        return list(self.subspaces)
+
+    @property
+    def layers(self) -> list[str]:
+        first = next(iter(self.subspaces.values()), {})
+        return list(first)
+
+    def content_hash(self) -> str:
+        """sha256 of every tensor (names, shapes, values) and the extraction config."""
+        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config), sort_keys=True).encode())
+        for name, t in sorted(_tensors(self.subspaces).items()):
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+    def integrate(
+        self,
+        factors: Sequence[str],
+        ranks: Mapping[str, int] | int | None = None,
+        ortho: str = "qr",
+        total_rank: int | None = None,
+    ) -> dict[str, IntegratedBasis]:
+        """The reduced adapter's bases per layer for the chosen factors."""
+        unknown = [f for f in factors if f not in self.subspaces]
+        if unknown:
+            raise ConfigError(f"unknown factor(s) {unknown}; this bank has {self.factors}")
+        return integrate_all(self.subspaces, list(factors), ranks, ortho, total_rank)
+
+    def basis_hash(
+        self,
+        factors: Sequence[str],
+        ranks: Mapping[str, int] | int | None = None,
+        ortho: str = "qr",
+        total_rank: int | None = None,
+    ) -> str:
+        """Id of the basis ``integrate`` gives for this key (independent of LAPACK round-off)."""
+        key = {
+            "bank": self.content_hash(),
+            "factors": list(factors),
+            "ranks": dict(ranks) if isinstance(ranks, Mapping) else ranks,
+            "ortho": ortho,
+            "total_rank": total_rank,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _tensors(subspaces: Mapping[str, Mapping[str, LayerSubspace]]) -> dict[str, torch.Tensor]:
+    out = {}
+    for factor, layers in subspaces.items():
+        for layer, sub in layers.items():
+            for f in FIELDS:
+                out[f"{factor}/{layer}/{f}"] = getattr(sub, f).detach().float().cpu().contiguous()
+    return out
+
+
+def _layer_meta(sub: LayerSubspace) -> dict[str, Any]:
+    return {
+        "rank": sub.rank,
+        "iterations": sub.iterations,
+        "method": sub.method,
+        "scale": sub.scale,
+        "converged": sub.converged,
+        "weights": [float(w) for w in sub.weights],
+    }
+
+
+def save_bank(bank: Bank, path: str | os.PathLike[str]) -> Path:
+    """Write the bank as one safetensors file with its provenance in the metadata, atomically."""
+    if not bank.subspaces:
+        raise ConfigError("cannot save an empty bank (no factors)")
+    record = {
+        "format": FORMAT,
+        "attrsub_version": __version__,
+        "base": {"name": bank.base_name, "weights_hash": bank.weights_hash},
+        "extract": dataclasses.asdict(bank.config),
+        "factors": list(bank.subspaces),
+        "sources": bank.sources,
+        "layers": {
+            f: {layer: _layer_meta(s) for layer, s in layers.items()}
+            for f, layers in bank.subspaces.items()
+        },
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(_tensors(bank.subspaces), str(tmp), metadata={META_KEY: json.dumps(record)})
+    return path
+
+
+def read_record(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a handle, not a dict)
+        record = json.loads(meta[META_KEY])
+    except Exception as exc:  # safetensors, JSON and key errors all mean a damaged bank
+        raise DataError(f"subspace bank {str(path)!r} is missing or corrupt: {exc}") from exc
+    return record, tensors
+
+
+def load_bank(path: str | os.PathLike[str], base: Any = None) -> Bank:
+    """Read a bank; with ``base`` (an attrsub.base.BaseModel) refuse one mined on other weights."""
+    record, tensors = read_record(path)
+    want = record["base"]["weights_hash"]
+    if base is not None and base.weights_hash != want:
+        raise DataError(
+            f"subspace bank {str(path)!r} was mined on base weights {want} but the base given "
+            f"has {base.weights_hash}"
+        )
+    subspaces: dict[str, dict[str, LayerSubspace]] = {}
+    try:
+        for factor in record["factors"]:
+            subspaces[factor] = {}
+            for layer, m in record["layers"][factor].items():
+                t = {f: tensors[f"{factor}/{layer}/{f}"] for f in FIELDS}
+                subspaces[factor][layer] = LayerSubspace(
+                    **t,
+                    iterations=m["iterations"],
+                    rank=m["rank"],
+                    method=m["method"],
+                    scale=m["scale"],
+                    converged=m["converged"],
+                )
+    except KeyError as exc:
+        raise DataError(f"subspace bank {str(path)!r} lacks tensor or field {exc}") from exc
+    return Bank(
+        base_name=record["base"]["name"],
+        weights_hash=want,
+        config=ExtractConfig(**record["extract"]),
+        subspaces=subspaces,
+        sources=record.get("sources", {}),
+    )
+
+
+def summary(bank: Bank, seed: int = 0) -> dict[str, Any]:
+    """What ``attrsub bank info`` prints: sizes, ranks, spectral cliffs, pairwise angles."""
+    from attrsub.disentangle import pairwise
+    from attrsub.subspace import select_rank
+
+    cliff = ExtractConfig(rank="cliff-gap")
+    per_factor = {}
+    for f, layers in bank.subspaces.items():
+        ranks = [s.rank for s in layers.values()]
+        cliffs = [select_rank(s.spectrum, cliff) for s in layers.values()]
+        per_factor[f] = {
+            "adapters": len(bank.sources.get(f, [])),
+            "layers": len(layers),
+            "rank_min": min(ranks),
+            "rank_max": max(ranks),
+            "cliff_per_layer": dict(zip(layers, cliffs, strict=True)),
+        }
+    pairs: dict[str, dict[str, list[float]]] = {}
+    for row in pairwise(bank.subspaces, seed=seed, draws=1):
+        key = f"{row['attr_a']}-{row['attr_b']}"
+        acc = pairs.setdefault(key, {"angle": [], "distance": []})
+        acc["angle"].append(float(row["col_angle_mean"]))
+        acc["distance"].append(float(row["scale_inv_distance"]))
+    return {
+        "base": {"name": bank.base_name, "weights_hash": bank.weights_hash},
+        "extract": dataclasses.asdict(bank.config),
+        "factors": per_factor,
+        "layers": len(bank.layers),
+        "pairs": {
+            k: {
+                "col_angle_mean_deg": sum(v["angle"]) / len(v["angle"]),
+                "scale_inv_distance_mean": sum(v["distance"]) / len(v["distance"]),
+            }
+            for k, v in pairs.items()
+        },
+    }

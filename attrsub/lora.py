@@ -1,0 +1,209 @@
+"""PEFT LoRA on our VGGT: which layers, how to apply it, and the adapter folder on disk.
+
+An adapter folder holds PEFT's own files (``adapter_model.safetensors``,
+``adapter_config.json``) plus ``attrsub-adapter.json``, a sidecar that says what produced
+it (base model and the hash of its weights, factor, dataset spec, seed, rank, steps, final
+loss). The base hash is checked on load, so an adapter never lands on a base it was not
+trained on. Targets are explicit module names (never a suffix pattern), so the patch
+encoder (``aggregator.patch_embed.*``), whose blocks share the suffixes, is never adapted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import safe_open
+from torch import nn
+
+from attrsub import __version__
+from attrsub.errors import ConfigError, DataError
+from attrsub.subspace import Update, from_peft
+
+TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+BLOCKS = ("frame", "global")
+INITS = ("default", "pissa")
+SIDECAR = "attrsub-adapter.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."
+HEAD_PREFIXES = ("camera_head", "depth_head", "point_head", "track_head")
+FROZEN_PREFIX = "aggregator.patch_embed"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Where LoRA goes and its size; defaults are the paper's mining adapters (r 16, alpha 32)."""
+
+    rank: int = 16
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: tuple[str, ...] = TARGETS
+    blocks: tuple[str, ...] = BLOCKS
+    heads: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+        alpha = 2.0 * self.rank if self.alpha is None else self.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
+            raise ConfigError(f"LoRA alpha must be a positive number, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        targets, blocks = tuple(self.targets), tuple(self.blocks)
+        bad = sorted(set(targets) - set(TARGETS))
+        if bad or not targets:
+            raise ConfigError(f"unknown LoRA targets {bad or '(none)'}; valid: {TARGETS}")
+        bad = sorted(set(blocks) - set(BLOCKS))
+        if bad:
+            raise ConfigError(f"unknown block kinds {bad}; valid: {BLOCKS}")
+        if not blocks and not self.heads:
+            raise ConfigError("LoRA needs at least one block kind or heads=True")
+        object.__setattr__(self, "alpha", float(alpha))
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "blocks", blocks)
+
+    @property
+    def scaling(self) -> float:
+        return float(self.alpha) / self.rank
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def target_modules(model: nn.Module, spec: LoraSpec) -> list[str]:
+    """Explicit names of the nn.Linear modules LoRA adapts, in model order.
+
+    Aggregator blocks: ``aggregator.{frame,global}_blocks.{i}.{target}``; with ``heads`` also
+    every nn.Linear of the heads (the camera head's; the DPT heads are convolutional).
+    """
+    kinds = tuple(f"aggregator.{k}_blocks." for k in spec.blocks)
+    names = []
+    for name, mod in _unwrap(model).named_modules():
+        mod = getattr(mod, "base_layer", mod)  # an already-adapted layer counts as its base
+        if not isinstance(mod, nn.Linear) or name.startswith(FROZEN_PREFIX) or ".lora_" in name:
+            continue
+        in_block = name.startswith(kinds) and any(name.endswith("." + t) for t in spec.targets)
+        in_head = spec.heads and name.startswith(HEAD_PREFIXES)
+        if in_block or in_head:
+            names.append(name)
+    if not names:
+        raise ConfigError(f"LoRA spec {spec} matches no nn.Linear of this model")
+    return names
+
+
+def apply_lora(model: nn.Module, spec: LoraSpec, init: str = "default") -> PeftModel:
+    """Wrap ``model`` with LoRA (base frozen by PEFT); ``init="pissa"`` uses PiSSA's SVD init."""
+    if init not in INITS:
+        raise ConfigError(f"unknown LoRA init {init!r}; valid: {INITS}")
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=target_modules(model, spec),
+        init_lora_weights=True if init == "default" else "pissa",
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def save_adapter(
+    model: PeftModel, dest: str | os.PathLike[str], sidecar: Mapping[str, Any]
+) -> Path:
+    """Write PEFT's files and the sidecar into ``dest`` (a folder that must not exist yet).
+
+    The caller makes it atomic by passing a temporary folder and renaming it.
+    """
+    dest = Path(dest)
+    model.save_pretrained(str(dest))
+    record = {"kind": "lora", "attrsub_version": __version__, **dict(sidecar)}
+    (dest / SIDECAR).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return dest
+
+
+def read_sidecar(adapter_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The adapter's provenance record; DataError if the folder is not an attrsub adapter."""
+    path = Path(adapter_dir) / SIDECAR
+    if not path.is_file():
+        raise DataError(f"{str(adapter_dir)!r} is not an adapter folder (no {SIDECAR})")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"adapter sidecar {str(path)!r} is unreadable: {exc}") from exc
+
+
+def _read_tensors(adapter_dir: Path) -> dict[str, Any]:
+    path = adapter_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise DataError(f"adapter {str(adapter_dir)!r} has no {WEIGHTS_FILE}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a handle, not a dict)
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise DataError(f"adapter weights {str(path)!r} are corrupt: {exc}") from exc
+
+
+def load_adapter(adapter_dir: str | os.PathLike[str], base: Any) -> PeftModel:
+    """Apply a saved adapter to ``base`` (an attrsub.base.BaseModel), checking its weights hash."""
+    adapter_dir = Path(adapter_dir)
+    meta = read_sidecar(adapter_dir)
+    want = meta.get("base", {}).get("weights_hash")
+    if want != base.weights_hash:
+        raise DataError(
+            f"adapter {str(adapter_dir)!r} was trained on base weights {want} but the base "
+            f"given has {base.weights_hash}; load the base it was trained on"
+        )
+    _read_tensors(adapter_dir)
+    try:
+        return PeftModel.from_pretrained(base.model, str(adapter_dir))
+    except Exception as exc:
+        raise DataError(f"adapter {str(adapter_dir)!r} does not load: {exc}") from exc
+
+
+def layer_name(key: str) -> str:
+    """PEFT's tensor key -> the base model's name, e.g. ``aggregator.frame_blocks.3.attn.qkv``."""
+    name = key.removeprefix(PEFT_PREFIX)
+    for suffix in (".lora_A.weight", ".lora_B.weight"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def read_updates(adapter_dir: str | os.PathLike[str]) -> dict[str, Update]:
+    """Every adapted layer's update dW = scaling * B A, read from the saved files alone."""
+    adapter_dir = Path(adapter_dir)
+    try:
+        config = json.loads((adapter_dir / CONFIG_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"adapter {str(adapter_dir)!r} has no readable {CONFIG_FILE}") from exc
+    tensors = _read_tensors(adapter_dir)
+    a_keys = sorted(k for k in tensors if k.endswith(".lora_A.weight"))
+    if not a_keys:
+        raise DataError(f"adapter {str(adapter_dir)!r} holds no LoRA factors")
+    out: dict[str, Update] = {}
+    for key in a_keys:
+        b_key = key.removesuffix(".lora_A.weight") + ".lora_B.weight"
+        if b_key not in tensors:
+            raise DataError(f"adapter {str(adapter_dir)!r} has {key} but no {b_key}")
+        name = layer_name(key)
+        out[name] = from_peft(tensors[key], tensors[b_key], _scaling(config, name))
+    return out
+
+
+def _scaling(config: Mapping[str, Any], name: str) -> float:
+    """PEFT's scaling for one layer: alpha / r (alpha / sqrt(r) with rsLoRA), patterns honoured."""
+    r = _pattern(config.get("rank_pattern") or {}, name, config["r"])
+    alpha = _pattern(config.get("alpha_pattern") or {}, name, config["lora_alpha"])
+    return alpha / (r**0.5 if config.get("use_rslora") else r)
+
+
+def _pattern(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
+    for key, value in patterns.items():
+        if name == key or name.endswith("." + key):
+            return value
+    return default

@@ -1,0 +1,201 @@
+"""Fine-tuning methods by name, so a sweep swaps them with one string.
+
+``prepare(method, model, ...)`` returns the model ready for attrsub.train (exactly the
+method's parameters have ``requires_grad``) and the exact trainable count:
+
+- ``none``: nothing trains (the zero-shot row).
+- ``full``: every base parameter except the patch encoder.
+- ``lora`` / ``pissa``: PEFT LoRA of rank ``rank`` on the frame and global blocks' four
+  linears (PiSSA: ``init_lora_weights="pissa"``).
+- ``reduced``: the mined bank's bases, integrated from ``factors`` with per-attribute
+  ``ranks`` (``rank`` when ``ranks`` is None), orthogonalised by ``ortho``, optionally
+  truncated to ``total_rank``; only M trains.
+- ``psv``: top-``rank`` singular vectors of each pretrained W as frozen U, V (paper ablation).
+- ``random``: seeded random orthonormal U, V of width ``rank``.
+
+AdaLoRA is not offered: PEFT's AdaLoRA adds its orthogonality regulariser to ``outputs.loss``
+inside ``PeftModel.forward``, which our model (a dict of predictions, no ``loss``) does not
+have, so it would silently train without it; its rank allocation also needs
+``update_and_allocate(step)`` with the gradients still present after every optimiser step,
+and a ``total_step`` fixed in the config. Supporting it means a loss hook and a schedule
+hook in attrsub.train, which the other methods do not need.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from attrsub.errors import ConfigError, DataError
+from attrsub.fsio import ensure_writable_dir, write_json
+from attrsub.lora import FROZEN_PREFIX, LoraSpec, apply_lora, target_modules
+from attrsub.reduced import (
+    apply_reduced,
+    named_basis_hash,
+    psv_bases,
+    random_bases,
+    trainable_count,
+)
+
+METHODS = ("none", "full", "lora", "pissa", "psv", "random", "reduced")
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _check_rank(rank: int) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"rank must be a positive integer, got {rank!r}")
+
+
+def prepare(
+    method: str,
+    model: nn.Module,
+    *,
+    bank: Any = None,
+    factors: Sequence[str] = (),
+    ranks: Mapping[str, int] | int | None = None,
+    ortho: str = "qr",
+    rank: int = 16,
+    seed: int = 0,
+    total_rank: int | None = None,
+    base_hash: str = "",
+) -> tuple[nn.Module, int]:
+    """Set ``model`` up for ``method``; returns (model, exact number of trainable values)."""
+    check_method(method)
+    _check_rank(rank)
+    if method == "none":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model, 0
+    if method == "full":
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.startswith(FROZEN_PREFIX))
+        return model, _count(model)
+    if method in ("lora", "pissa"):
+        spec = LoraSpec(rank=rank)
+        for name in target_modules(model, spec):
+            _check_width(model, name, rank)
+        peft_model = apply_lora(model, spec, init="pissa" if method == "pissa" else "default")
+        return peft_model, _count(peft_model)
+    layers = target_modules(model, LoraSpec(rank=rank))
+    if method == "psv":
+        model = apply_reduced(
+            model, psv_bases(model, layers, rank), named_basis_hash("psv", base_hash, rank)
+        )
+    elif method == "random":
+        model = apply_reduced(
+            model,
+            random_bases(model, layers, rank, seed),
+            named_basis_hash("random", base_hash, rank, seed),
+        )
+    else:
+        if bank is None:
+            raise ConfigError("method 'reduced' needs a subspace bank (--bank FILE)")
+        if not factors:
+            raise ConfigError(f"method 'reduced' needs factors; the bank has {bank.factors}")
+        if base_hash and bank.weights_hash != base_hash:
+            raise DataError(
+                f"the bank was mined on base weights {bank.weights_hash} but the model's base "
+                f"has {base_hash}"
+            )
+        per = rank if ranks is None else ranks
+        bases = bank.integrate(factors, per, ortho, total_rank)
+        model = apply_reduced(model, bases, bank.basis_hash(factors, per, ortho, total_rank))
+    return model, trainable_count(model)
+
+
+def _check_width(model: nn.Module, name: str, rank: int) -> None:
+    w = model.get_submodule(name).weight
+    if rank > min(w.shape):
+        raise ConfigError(
+            f"rank {rank} is larger than layer {name!r} of width {min(w.shape)} "
+            f"(shape {tuple(w.shape)})"
+        )
+
+
+def finetune(
+    task: str,
+    method: str,
+    *,
+    base: str = "vggt-tiny",
+    weights: str | os.PathLike[str] | None = None,
+    random_init: bool = False,
+    bank: str | os.PathLike[str] | None = None,
+    factors: Sequence[str] = (),
+    rank: int = 8,
+    total_rank: int | None = None,
+    ortho: str = "qr",
+    steps: int = 100,
+    lr: float = 1e-4,
+    seed: int = 0,
+    batch_size: int = 2,
+    train_scenes: int = 16,
+    eval_scenes: int = 16,
+    views: int = 4,
+    size: int = 112,
+    cache: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Fine-tune one method on one downstream task (attrsub.tasks); returns the metrics row.
+
+    With ``out``, writes ``metrics.json`` there plus the trained adapter (M matrices for the
+    reduced family, the PEFT folder for lora; a PiSSA adapter is tied to the residual base
+    PiSSA made in memory, so it is not saved).
+    """
+    from attrsub import tasks
+    from attrsub.bank import load_bank
+    from attrsub.base import load_base
+    from attrsub.lora import save_adapter
+    from attrsub.reduced import save_reduced
+    from attrsub.train import TrainConfig, seed_everything, train
+
+    check_method(method)
+    the_task = tasks.get_task(task)
+    data_size = the_task.check(tasks.TaskSize(train_scenes, eval_scenes, views, size))
+    cfg = TrainConfig(steps=steps, lr=lr, seed=seed, batch_size=batch_size)
+    out_dir = ensure_writable_dir(out, "--out") if out is not None else None
+    if method == "reduced" and bank is None:
+        raise ConfigError("method 'reduced' needs --bank FILE")
+    b = load_base(base, weights, device=device, random_init=random_init)
+    the_bank = load_bank(bank, b) if method == "reduced" else None
+    seed_everything(seed)
+    model, count = prepare(
+        method, b.model, bank=the_bank, factors=factors, rank=rank, ortho=ortho, seed=seed,
+        total_rank=total_rank, base_hash=b.weights_hash,
+    )
+    t0 = time.perf_counter()
+    final_loss: float | None = None  # None, not NaN: the row stays strict JSON
+    if count > 0:
+        data = the_task.train_data(cache, data_size, seed, device=device)
+        final_loss = train(model, data, cfg, device=device, progress=False,
+                           desc=f"{task}/{method}").final_loss
+    wall = time.perf_counter() - t0
+    row: dict[str, Any] = {
+        "task": task, "method": method, "factors": list(factors), "rank": rank,
+        "total_rank": total_rank, "ortho": ortho, "steps": steps if count else 0, "lr": lr,
+        "seed": seed, "base": base, "base_hash": b.weights_hash, "trainable_params": count,
+        "train_wall_s": wall, "final_loss": final_loss,
+        **the_task.evaluate(model, cache, data_size, seed, device),
+    }
+    if out_dir is not None:
+        if method in ("reduced", "psv", "random"):
+            save_reduced(model, out_dir / "reduced.safetensors", base_hash=b.weights_hash)
+        elif method == "lora":
+            save_adapter(model, out_dir / "lora-adapter", {
+                "base": {"name": base, "weights_hash": b.weights_hash}, "task": task,
+                "seed": seed, "rank": rank, "steps": steps, "final_loss": final_loss,
+            })
+        write_json(out_dir / "metrics.json", row)
+    return row

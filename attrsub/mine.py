@@ -1,0 +1,147 @@
+"""Mining: one LoRA adapter per factor dataset, then one bank from many adapters.
+
+``mine_adapter`` is the unit of work a sweep fans out: render (or reuse) a factor dataset,
+put LoRA on the base, train it, publish the adapter folder atomically. ``build_bank`` turns
+the adapters of each factor into per-layer subspaces (attrsub.subspace.extract_all).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attrsub.bank import Bank
+from attrsub.base import DEFAULT_BASE, load_base
+from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
+from attrsub.errors import ConfigError, DataError
+from attrsub.fsio import ensure_writable_dir, publish_dir
+from attrsub.lora import LoraSpec, apply_lora, read_sidecar, read_updates, save_adapter
+from attrsub.subspace import ExtractConfig, Update, extract_all
+from attrsub.train import StepInfo, TrainConfig, train
+
+
+def mine_adapter(
+    factor: str,
+    group: int,
+    seed: int,
+    out: str | os.PathLike[str],
+    *,
+    base: str = DEFAULT_BASE,
+    weights: str | os.PathLike[str] | None = None,
+    random_init: bool = False,
+    scenes: int = 16,
+    views: int = 4,
+    size: int = 112,
+    steps: int = 200,
+    lr: float = 1e-4,
+    rank: int = 16,
+    alpha: float | None = None,
+    batch_size: int = 2,
+    heads: bool = False,
+    cache: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    callback: Callable[[StepInfo], bool | None] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Train one LoRA adapter on factor dataset (factor, group, seed); returns its folder.
+
+    ``out`` must not exist yet (a finished adapter is never overwritten); the folder appears
+    complete or not at all. ``checkpoint_dir`` lets a retried trial resume its training.
+    """
+    spec = DatasetSpec(factor=factor, group=group, scenes=scenes, views=views, size=size, seed=seed)
+    lora = LoraSpec(rank=rank, alpha=alpha, heads=heads)
+    cfg = TrainConfig(steps=steps, lr=lr, seed=seed, batch_size=batch_size, log_every=1)
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"adapter folder {str(out)!r} already exists; choose another --out")
+    ensure_writable_dir(out.parent, "--out parent")
+    if checkpoint_dir is not None:
+        ensure_writable_dir(checkpoint_dir, "checkpoint folder")
+    b = load_base(base, weights, device=device, random_init=random_init)
+    data = SceneDataset(render_factor_dataset(spec, cache, device=device))
+    torch.manual_seed(seed)
+    model = apply_lora(b.model, lora)
+    result = train(
+        model, data, cfg, device=device, checkpoint_dir=checkpoint_dir, callback=callback,
+        progress=progress, desc=f"mine {spec.label}",
+    )
+    sidecar = {
+        "base": {"name": b.name, "weights_hash": b.weights_hash},
+        "factor": factor,
+        "dataset": spec.to_dict(),
+        "seed": seed,
+        "rank": lora.rank,
+        "alpha": lora.alpha,
+        "targets": list(lora.targets),
+        "blocks": list(lora.blocks),
+        "heads": lora.heads,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "train": {"lr": lr, "batch_size": batch_size, "wall_s": result.wall_s},
+    }
+    model.cpu()
+    return publish_dir(out, lambda tmp: _fill(model, tmp, sidecar))
+
+
+def _fill(model: Any, tmp: Path, sidecar: Mapping[str, Any]) -> None:
+    save_adapter(model, tmp, sidecar)
+
+
+def find_adapters(paths: Sequence[str | os.PathLike[str]]) -> dict[str, list[Path]]:
+    """Adapter folders under ``paths`` (each an adapter or a folder of them), by factor."""
+    found: dict[str, list[Path]] = defaultdict(list)
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise DataError(f"{str(p)!r} is not a folder")
+        candidates = [p] if (p / "attrsub-adapter.json").is_file() else sorted(
+            d for d in p.iterdir() if (d / "attrsub-adapter.json").is_file()
+        )
+        if not candidates:
+            raise DataError(f"no adapter folders (with attrsub-adapter.json) under {str(p)!r}")
+        for d in candidates:
+            found[read_sidecar(d)["factor"]].append(d)
+    return dict(found)
+
+
+def build_bank(adapters_by_factor: Mapping[str, Sequence[Path]], cfg: ExtractConfig) -> Bank:
+    """Extract one subspace per factor and layer from that factor's adapters."""
+    if not adapters_by_factor:
+        raise ConfigError("build_bank needs adapters of at least one factor, got none")
+    base: tuple[str, str] | None = None
+    subspaces = {}
+    sources: dict[str, list[dict[str, Any]]] = {}
+    for factor, dirs in adapters_by_factor.items():
+        if not dirs:
+            raise ConfigError(f"factor {factor!r} has no adapters")
+        per_layer: dict[str, list[Update]] = defaultdict(list)
+        sources[factor] = []
+        for d in dirs:
+            meta = read_sidecar(d)
+            this = (meta["base"]["name"], meta["base"]["weights_hash"])
+            if base is None:
+                base = this
+            elif this != base:
+                raise DataError(
+                    f"adapter {str(d)!r} was trained on base {this} but earlier adapters on "
+                    f"{base}; a bank needs one base"
+                )
+            if meta.get("factor") != factor:
+                raise DataError(
+                    f"adapter {str(d)!r} says factor {meta.get('factor')!r}, "
+                    f"listed under {factor!r}"
+                )
+            for layer, upd in read_updates(d).items():
+                per_layer[layer].append(upd)
+            sources[factor].append({"path": str(d), **meta})
+        counts = {len(v) for v in per_layer.values()}
+        if counts != {len(dirs)}:
+            raise DataError(f"adapters of factor {factor!r} adapt different layers")
+        subspaces[factor] = extract_all(per_layer, cfg)
+    name, weights_hash = base or ("", "")
+    return Bank(name, weights_hash, cfg, subspaces, sources)

@@ -1,0 +1,152 @@
+"""The subspace bank: built from real mined adapters, saved, loaded, inspected, integrated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from attrsub.bank import FIELDS, Bank, load_bank, save_bank, summary
+from attrsub.base import BaseModel
+from attrsub.cli import main
+from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
+from attrsub.errors import ConfigError, DataError
+from attrsub.methods import prepare
+from attrsub.mine import build_bank, find_adapters, mine_adapter
+from attrsub.model import build
+from attrsub.subspace import ExtractConfig
+from attrsub.train import TrainConfig, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("adapters")
+    cache = tmp_path_factory.mktemp("cache")
+    for factor, group in (("texture", 0), ("texture", 1), ("geometry", 0), ("geometry", 1)):
+        mine_adapter(
+            factor, group, group, root / f"{factor}-{group}", random_init=True, scenes=2,
+            views=2, size=28, steps=2, lr=1e-2, rank=3, cache=cache,
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def bank(adapters: Path) -> Bank:
+    return build_bank(find_adapters([adapters]), ExtractConfig(rank=3, iters=5))
+
+
+def test_build_bank_groups_adapters_by_their_sidecar_factor(adapters: Path, bank: Bank) -> None:
+    found = find_adapters([adapters])
+    assert {f: len(v) for f, v in found.items()} == {"texture": 2, "geometry": 2}
+    assert bank.factors == ["geometry", "texture"]
+    assert len(bank.layers) == 32
+    assert bank.weights_hash == "random-init" and bank.base_name == "vggt-tiny"
+    sub = bank.subspaces["texture"]["aggregator.frame_blocks.0.attn.qkv"]
+    assert sub.rank == 3 and sub.col_basis.shape == (192, 3) and sub.weights.shape == (2,)
+    assert len(bank.sources["texture"]) == 2
+    assert all(s["factor"] == "texture" for s in bank.sources["texture"])
+
+
+def test_save_load_round_trip(bank: Bank, tmp_path: Path) -> None:
+    path = save_bank(bank, tmp_path / "bank.safetensors")
+    back = load_bank(path)
+    assert back.factors == bank.factors and back.layers == bank.layers
+    assert back.config == bank.config and back.sources == bank.sources
+    assert back.content_hash() == bank.content_hash()
+    for f in bank.factors:
+        for layer, sub in bank.subspaces[f].items():
+            got = back.subspaces[f][layer]
+            for name in FIELDS:
+                assert torch.equal(getattr(got, name), getattr(sub, name)), (f, layer, name)
+            assert (got.rank, got.iterations, got.converged) == (
+                sub.rank, sub.iterations, sub.converged)
+    load_bank(path, BaseModel("vggt-tiny", None, "random-init", torch.nn.Linear(1, 1)))
+    with pytest.raises(DataError, match="random-init.*other-hash"):
+        load_bank(path, BaseModel("vggt-tiny", None, "other-hash", torch.nn.Linear(1, 1)))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match="corrupt"):
+        load_bank(path)
+
+
+def test_integrate_and_basis_hash(bank: Bank) -> None:
+    bases = bank.integrate(["texture", "geometry"], 2, "qr")
+    assert set(bases) == set(bank.layers)
+    b = bases["aggregator.global_blocks.3.mlp.fc2"]
+    assert b.U.shape == (64, 4) and b.V.shape == (256, 4)
+    key = (["texture", "geometry"], 2, "qr", None)
+    assert bank.basis_hash(*key) == bank.basis_hash(*key)
+    assert bank.basis_hash(*key) != bank.basis_hash(["texture", "geometry"], 2, "svd", None)
+    with pytest.raises(ConfigError, match="unknown factor.*lighting"):
+        bank.integrate(["lighting"], 2)
+
+
+def test_reduced_method_from_the_bank_trains(bank: Bank, tmp_path: Path) -> None:
+    data = SceneDataset(render_factor_dataset(DatasetSpec("all", scenes=2, views=2, size=28),
+                                              tmp_path))
+    torch.manual_seed(0)
+    model, count = prepare("reduced", build("vggt-tiny"), bank=bank,
+                           factors=("texture", "geometry"), rank=2, base_hash="random-init")
+    expected = sum(b.shape[0] * b.shape[1]
+                   for b in bank.integrate(["texture", "geometry"], 2, "qr").values())
+    assert count == expected
+    assert train(model, data, TrainConfig(steps=1, batch_size=1), progress=False).steps == 1
+    with pytest.raises(DataError, match="random-init.*other"):
+        prepare("reduced", build("vggt-tiny"), bank=bank, factors=("texture",), rank=2,
+                base_hash="other")
+    with pytest.raises(ConfigError, match="unknown factor"):
+        prepare("reduced", build("vggt-tiny"), bank=bank, factors=("smell",), rank=2)
+    with pytest.raises(ConfigError, match="out of range"):
+        prepare("reduced", build("vggt-tiny"), bank=bank, factors=("texture",), rank=9)
+
+
+def test_cli_bank_build_and_info(
+    adapters: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bank.safetensors"
+    assert main(["bank", "build", "--adapters", str(adapters), "--out", str(out),
+                 "--rank", "cliff-gap", "--iters", "3"]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    assert main(["bank", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "geometry" in text and "texture" in text and "32 layers" in text
+    assert "geometry-texture" in text and "spectral cliff" in text
+    info = summary(load_bank(out))
+    assert 0.0 <= info["pairs"]["geometry-texture"]["scale_inv_distance_mean"] <= 1.0
+    assert main(["bank", "build", "--adapters", str(tmp_path), "--out", str(out)]) == 2
+    assert "no adapter folders" in capsys.readouterr().err
+
+
+def test_cli_finetune_reduced_on_a_task(
+    bank: Bank, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = save_bank(bank, tmp_path / "bank.safetensors")
+    out = tmp_path / "run"
+    common = ["--task", "print_attack", "--untrained", "--steps", "1", "--batch-size", "1",
+              "--train-scenes", "2", "--eval-scenes", "2", "--views", "2", "--size", "28",
+              "--cache", str(tmp_path / "cache")]
+    assert main(["finetune", "--method", "reduced", "--bank", str(path), "--factors",
+                 "texture,geometry", "--rank", "2", "--ortho", "qr", "--out", str(out),
+                 *common]) == 0
+    row = json.loads((out / "metrics.json").read_text())
+    assert row["method"] == "reduced" and row["factors"] == ["texture", "geometry"]
+    expected = sum(b.shape[0] * b.shape[1]
+                   for b in bank.integrate(["texture", "geometry"], 2, "qr").values())
+    assert row["trainable_params"] == expected and row["train_wall_s"] > 0
+    assert "main" in row and (out / "reduced.safetensors").is_file()
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == expected
+    assert main(["finetune", "--method", "adalora", *common]) == 2
+    assert "unknown method 'adalora'" in capsys.readouterr().err
+    assert main(["finetune", "--method", "reduced", "--factors", "texture", *common]) == 2
+    assert "needs --bank" in capsys.readouterr().err
+    assert main(["finetune", "--method", "reduced", "--bank", str(path), "--factors", "smell",
+                 *common]) == 2
+    assert "unknown factor" in capsys.readouterr().err
