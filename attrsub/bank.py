@@ -35,6 +35,25 @@ FORMAT = 1
 
 
 @dataclass(frozen=True, eq=False)
+class BasisSet:
+    """One integration of a bank, ready for the reduced adapter.
+
+    What a subspace server hands to trainers, so they need neither the bank file nor the
+    integration work; ``weights_hash`` lets the trainer check it has the bank's base.
+    """
+
+    bases: dict[str, IntegratedBasis]
+    basis_hash: str
+    weights_hash: str
+    factors: tuple[str, ...]
+
+    @property
+    def total_rank(self) -> int:
+        """Width of the integrated basis (the largest layer's, when truncation differs)."""
+        return max((b.U.shape[1] for b in self.bases.values()), default=0)
+
+
+@dataclass(frozen=True, eq=False)
 class Bank:
     """All attributes' LayerSubspaces of one base model (factor -> layer -> subspace)."""
 
@@ -91,6 +110,21 @@ class Bank:
             "total_rank": total_rank,
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def basis_set(
+        self,
+        factors: Sequence[str],
+        ranks: Mapping[str, int] | int | None = None,
+        ortho: str = "qr",
+        total_rank: int | None = None,
+    ) -> BasisSet:
+        """``integrate`` plus the ids a trainer needs, as one value."""
+        return BasisSet(
+            self.integrate(factors, ranks, ortho, total_rank),
+            self.basis_hash(factors, ranks, ortho, total_rank),
+            self.weights_hash,
+            tuple(factors),
+        )
 
 
 def _tensors(subspaces: Mapping[str, Mapping[str, LayerSubspace]]) -> dict[str, torch.Tensor]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from attrsub.bank import BasisSet
 from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import ensure_writable_dir, write_json
 from attrsub.lora import FROZEN_PREFIX, LoraSpec, apply_lora, target_modules
@@ -63,6 +64,7 @@ def prepare(
     model: nn.Module,
     *,
     bank: Any = None,
+    basis: BasisSet | None = None,
     factors: Sequence[str] = (),
     ranks: Mapping[str, int] | int | None = None,
     ortho: str = "qr",
@@ -71,7 +73,11 @@ def prepare(
     total_rank: int | None = None,
     base_hash: str = "",
 ) -> tuple[nn.Module, int]:
-    """Set ``model`` up for ``method``; returns (model, exact number of trainable values)."""
+    """Set ``model`` up for ``method``; returns (model, exact number of trainable values).
+
+    The reduced method takes a ready ``basis`` (from a subspace server) or integrates one
+    from ``bank``, ``factors``, ``ranks``/``rank``, ``ortho`` and ``total_rank``.
+    """
     check_method(method)
     _check_rank(rank)
     if method == "none":
@@ -100,18 +106,19 @@ def prepare(
             named_basis_hash("random", base_hash, rank, seed),
         )
     else:
-        if bank is None:
-            raise ConfigError("method 'reduced' needs a subspace bank (--bank FILE)")
-        if not factors:
-            raise ConfigError(f"method 'reduced' needs factors; the bank has {bank.factors}")
-        if base_hash and bank.weights_hash != base_hash:
+        if basis is None:
+            if bank is None:
+                raise ConfigError("method 'reduced' needs a subspace bank (--bank FILE)")
+            if not factors:
+                raise ConfigError(f"method 'reduced' needs factors; the bank has {bank.factors}")
+            per = rank if ranks is None else ranks
+            basis = bank.basis_set(factors, per, ortho, total_rank)
+        if base_hash and basis.weights_hash != base_hash:
             raise DataError(
-                f"the bank was mined on base weights {bank.weights_hash} but the model's base "
+                f"the bank was mined on base weights {basis.weights_hash} but the model's base "
                 f"has {base_hash}"
             )
-        per = rank if ranks is None else ranks
-        bases = bank.integrate(factors, per, ortho, total_rank)
-        model = apply_reduced(model, bases, bank.basis_hash(factors, per, ortho, total_rank))
+        model = apply_reduced(model, basis.bases, basis.basis_hash)
     return model, trainable_count(model)
 
 
@@ -132,7 +139,9 @@ def finetune(
     weights: str | os.PathLike[str] | None = None,
     random_init: bool = False,
     bank: str | os.PathLike[str] | None = None,
+    basis: BasisSet | None = None,
     factors: Sequence[str] = (),
+    ranks: Mapping[str, int] | None = None,
     rank: int = 8,
     total_rank: int | None = None,
     ortho: str = "qr",
@@ -166,14 +175,14 @@ def finetune(
     data_size = the_task.check(tasks.TaskSize(train_scenes, eval_scenes, views, size))
     cfg = TrainConfig(steps=steps, lr=lr, seed=seed, batch_size=batch_size)
     out_dir = ensure_writable_dir(out, "--out") if out is not None else None
-    if method == "reduced" and bank is None:
+    if method == "reduced" and bank is None and basis is None:
         raise ConfigError("method 'reduced' needs --bank FILE")
     b = load_base(base, weights, device=device, random_init=random_init)
-    the_bank = load_bank(bank, b) if method == "reduced" else None
+    the_bank = load_bank(bank, b) if method == "reduced" and basis is None else None
     seed_everything(seed)
     model, count = prepare(
-        method, b.model, bank=the_bank, factors=factors, rank=rank, ortho=ortho, seed=seed,
-        total_rank=total_rank, base_hash=b.weights_hash,
+        method, b.model, bank=the_bank, basis=basis, factors=factors, ranks=ranks, rank=rank,
+        ortho=ortho, seed=seed, total_rank=total_rank, base_hash=b.weights_hash,
     )
     t0 = time.perf_counter()
     final_loss: float | None = None  # None, not NaN: the row stays strict JSON
@@ -183,7 +192,8 @@ def finetune(
                            desc=f"{task}/{method}").final_loss
     wall = time.perf_counter() - t0
     row: dict[str, Any] = {
-        "task": task, "method": method, "factors": list(factors), "rank": rank,
+        "task": task, "method": method,
+        "factors": list(basis.factors) if basis is not None else list(factors), "rank": rank,
         "total_rank": total_rank, "ortho": ortho, "steps": steps if count else 0, "lr": lr,
         "seed": seed, "base": base, "base_hash": b.weights_hash, "trainable_params": count,
         "train_wall_s": wall, "final_loss": final_loss,

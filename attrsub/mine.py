@@ -21,7 +21,7 @@ from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import ensure_writable_dir, publish_dir
 from attrsub.lora import LoraSpec, apply_lora, read_sidecar, read_updates, save_adapter
-from attrsub.subspace import ExtractConfig, Update, extract_all
+from attrsub.subspace import ExtractConfig, LayerSubspace, Update, extract_all
 from attrsub.train import StepInfo, TrainConfig, train
 
 
@@ -47,16 +47,21 @@ def mine_adapter(
     device: str | torch.device = "cpu",
     callback: Callable[[StepInfo], bool | None] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 0,
     progress: bool = False,
 ) -> Path:
     """Train one LoRA adapter on factor dataset (factor, group, seed); returns its folder.
 
     ``out`` must not exist yet (a finished adapter is never overwritten); the folder appears
-    complete or not at all. ``checkpoint_dir`` lets a retried trial resume its training.
+    complete or not at all. ``checkpoint_dir`` lets a retried trial resume its training, from
+the last of the checkpoints written every ``checkpoint_every`` steps and at the end.
     """
     spec = DatasetSpec(factor=factor, group=group, scenes=scenes, views=views, size=size, seed=seed)
     lora = LoraSpec(rank=rank, alpha=alpha, heads=heads)
-    cfg = TrainConfig(steps=steps, lr=lr, seed=seed, batch_size=batch_size, log_every=1)
+    cfg = TrainConfig(
+        steps=steps, lr=lr, seed=seed, batch_size=batch_size, log_every=1,
+        checkpoint_every=checkpoint_every,
+    )
     out = Path(out)
     if out.exists():
         raise ConfigError(f"adapter folder {str(out)!r} already exists; choose another --out")
@@ -109,39 +114,64 @@ def find_adapters(paths: Sequence[str | os.PathLike[str]]) -> dict[str, list[Pat
     return dict(found)
 
 
+def extract_factor(
+    factor: str, dirs: Sequence[Path], cfg: ExtractConfig
+) -> tuple[dict[str, LayerSubspace], list[dict[str, Any]], tuple[str, str]]:
+    """One factor's per-layer subspaces from its adapters, their sidecars, and their base.
+
+    Separate from ``build_bank`` so a server can extract each factor as soon as its adapters
+    are complete, while other factors are still training.
+    """
+    if not dirs:
+        raise ConfigError(f"factor {factor!r} has no adapters")
+    base: tuple[str, str] | None = None
+    per_layer: dict[str, list[Update]] = defaultdict(list)
+    sources: list[dict[str, Any]] = []
+    for d in dirs:
+        meta = read_sidecar(d)
+        this = (meta["base"]["name"], meta["base"]["weights_hash"])
+        if base is None:
+            base = this
+        elif this != base:
+            raise DataError(
+                f"adapter {str(d)!r} was trained on base {this} but earlier adapters on "
+                f"{base}; a bank needs one base"
+            )
+        if meta.get("factor") != factor:
+            raise DataError(
+                f"adapter {str(d)!r} says factor {meta.get('factor')!r}, listed under {factor!r}"
+            )
+        for layer, upd in read_updates(d).items():
+            per_layer[layer].append(upd)
+        sources.append({"path": str(d), **meta})
+    if {len(v) for v in per_layer.values()} != {len(dirs)}:
+        raise DataError(f"adapters of factor {factor!r} adapt different layers")
+    assert base is not None
+    return extract_all(per_layer, cfg), sources, base
+
+
+def assemble_bank(
+    extracted: Mapping[str, tuple[dict[str, LayerSubspace], list[dict[str, Any]], tuple[str, str]]],
+    cfg: ExtractConfig,
+) -> Bank:
+    """A bank from ``extract_factor`` results; every factor must share one base."""
+    if not extracted:
+        raise ConfigError("a bank needs adapters of at least one factor, got none")
+    bases = {base for _, _, base in extracted.values()}
+    if len(bases) != 1:
+        raise DataError(f"the factors' adapters were trained on different bases {sorted(bases)}")
+    (name, weights_hash), = bases
+    return Bank(
+        name, weights_hash, cfg,
+        {f: subs for f, (subs, _, _) in extracted.items()},
+        {f: src for f, (_, src, _) in extracted.items()},
+    )
+
+
 def build_bank(adapters_by_factor: Mapping[str, Sequence[Path]], cfg: ExtractConfig) -> Bank:
     """Extract one subspace per factor and layer from that factor's adapters."""
     if not adapters_by_factor:
         raise ConfigError("build_bank needs adapters of at least one factor, got none")
-    base: tuple[str, str] | None = None
-    subspaces = {}
-    sources: dict[str, list[dict[str, Any]]] = {}
-    for factor, dirs in adapters_by_factor.items():
-        if not dirs:
-            raise ConfigError(f"factor {factor!r} has no adapters")
-        per_layer: dict[str, list[Update]] = defaultdict(list)
-        sources[factor] = []
-        for d in dirs:
-            meta = read_sidecar(d)
-            this = (meta["base"]["name"], meta["base"]["weights_hash"])
-            if base is None:
-                base = this
-            elif this != base:
-                raise DataError(
-                    f"adapter {str(d)!r} was trained on base {this} but earlier adapters on "
-                    f"{base}; a bank needs one base"
-                )
-            if meta.get("factor") != factor:
-                raise DataError(
-                    f"adapter {str(d)!r} says factor {meta.get('factor')!r}, "
-                    f"listed under {factor!r}"
-                )
-            for layer, upd in read_updates(d).items():
-                per_layer[layer].append(upd)
-            sources[factor].append({"path": str(d), **meta})
-        counts = {len(v) for v in per_layer.values()}
-        if counts != {len(dirs)}:
-            raise DataError(f"adapters of factor {factor!r} adapt different layers")
-        subspaces[factor] = extract_all(per_layer, cfg)
-    name, weights_hash = base or ("", "")
-    return Bank(name, weights_hash, cfg, subspaces, sources)
+    return assemble_bank(
+        {f: extract_factor(f, dirs, cfg) for f, dirs in adapters_by_factor.items()}, cfg
+    )

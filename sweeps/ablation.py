@@ -1,84 +1,308 @@
-"""The main job: the embedded-default study, end to end on one machine.
+"""The study, end to end: mine adapters (stage 1), then the ablation trials (stage 2).
 
-Runs what the library offers today, on the shipped tiny base: one rendered dataset per
-attribute family (plus a contact sheet of them), then the held-out evaluation of the
-pretrained base against the same model untrained. The Ray Tune study (mining sweep,
-shared subspace actor, ablations, Parquet tables) extends this script.
+    python sweeps/ablation.py                      # the quick preset on a local Ray
+    python sweeps/ablation.py --preset smoke --storage /tmp/s
+    ray job submit --working-dir . -- python sweeps/ablation.py --preset paper --storage s3://b/p
+
+Stage 1 is skipped when the study's bank already exists. Stage 2 runs every method x task x
+seed, plus the reduced method's ablation axes (ranks, factor subsets, orthogonalisation,
+extraction), each one attrsub.methods.finetune call in its own Tune trial; the reduced
+trials get their bank from the study's shared subspace actor. Failed trials are recorded
+with their error, never dropped. Tables land in ``<storage>/<study>/`` (results/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from attrsub import __version__
-from attrsub.base import DEFAULT_BASE, load_base
-from attrsub.data import ALL, FACTORS, DatasetSpec, SceneDataset, render_factor_dataset
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from attrsub.errors import AttrsubError
-from attrsub.evaluate import evaluate
-from attrsub.fsio import ensure_writable_dir, write_json
-from attrsub.sheet import contact_sheet
+from results.schema import (
+    OVERLAPS_SCHEMA,
+    SPECTRA_SCHEMA,
+    metric_column,
+    read_table,
+    trials_schema,
+    upsert_table,
+    write_table,
+)
+from sweeps.config import Preset
+from sweeps.runtime import StudyPaths, init_ray, open_study, progress, recorder, study_parser
 
-REPO = Path(__file__).resolve().parents[1]
+_ROW_KEYS = {"task", "method", "factors", "rank", "total_rank", "ortho", "steps", "lr", "seed",
+             "base", "base_hash", "trainable_params", "train_wall_s", "final_loss", "main"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--study", default="default", help="study name (a folder under storage)")
-    p.add_argument("--storage", type=Path, default=REPO / "results", help="results root")
-    p.add_argument("--cache", type=Path, default=None, help="dataset cache root")
-    p.add_argument("--scenes", type=int, default=16, help="scenes per factor dataset")
-    p.add_argument("--size", type=int, default=112)
-    return p.parse_args(argv)
+def finetune_jobs(preset: Preset) -> list[dict[str, Any]]:
+    """Every stage-2 trial: the main grid, then one axis at a time around the reduced default."""
+    main_ext, all_f = preset.extraction.method, list(preset.factors)
+    base = {"rank": preset.rank, "ortho": "qr", "extraction": main_ext, "factors": all_f}
+    jobs = []
+    for task in preset.tasks:
+        for seed in preset.seeds:
+            for method in preset.methods:
+                jobs.append({**base, "axis": "main", "task": task, "method": method, "seed": seed})
+            if "reduced" not in preset.methods:
+                continue
+            variants = (
+                [("ranks", {"rank": r}) for r in preset.ablation_ranks if r != preset.rank]
+                + [("subsets", {"factors": list(s)}) for s in preset.ablation_subsets
+                   if list(s) != all_f]
+                + [("ortho", {"ortho": o}) for o in preset.ablation_ortho if o != "qr"]
+                + [("extraction", {"extraction": e}) for e in preset.ablation_extraction
+                   if e != main_ext]
+            )
+            for axis, change in variants:
+                jobs.append({**base, **change, "axis": axis, "task": task, "method": "reduced",
+                             "seed": seed})
+    for j in jobs:
+        if j["method"] != "reduced":
+            j.update(factors=[], ortho=None, extraction=None)
+            if j["method"] in ("none", "full"):
+                j["rank"] = None
+            elif j["method"] in ("psv", "random"):
+                j["rank"] = preset.rank * len(all_f)  # the reduced default's budget, D x D
+        j["trial_id"] = _trial_id(j)
+    return jobs
 
 
-def run(args: argparse.Namespace) -> dict:
+def _trial_id(j: dict[str, Any]) -> str:
+    parts = [j["axis"], j["task"], j["method"], "+".join(j["factors"]) or "-",
+             f"r{j['rank']}", j["ortho"] or "-", j["extraction"] or "-", f"s{j['seed']}"]
+    return "ft-" + "-".join(str(p) for p in parts)
+
+
+def finetune_trial(config: dict[str, Any]) -> None:
+    """One Tune trial: one attrsub.methods.finetune call; bad input is recorded, not retried."""
+    import ray
+    import torch
+    from ray import tune
+
+    from attrsub.methods import finetune
+    from sweeps import actor as subspace_actor
+
+    torch.set_num_threads(max(1, int(config["cpu"])))
+    # A random-init base is drawn from torch's global RNG before the library seeds it;
+    # seed it here so every trial of a study (reused actors included) gets the same base.
+    torch.manual_seed(0)
+    j, p = config["job"], config["params"]
     t0 = time.perf_counter()
-    study = ensure_writable_dir(args.storage / args.study, "study folder")
-    datasets = []
-    for factor in FACTORS:
-        spec = DatasetSpec(factor, group=0, scenes=args.scenes, views=4, size=args.size)
-        datasets.append(render_factor_dataset(spec, args.cache))
-        print(f"rendered {spec.label}: {datasets[-1]}")
-    sheet = contact_sheet(datasets, study / "factors.png", scenes=2, views=4)
-    held_out = SceneDataset(
-        render_factor_dataset(
-            DatasetSpec(ALL, scenes=args.scenes, views=4, size=args.size, seed=10_000), args.cache
+    try:
+        basis = None
+        if j["method"] == "reduced":
+            served = subspace_actor.get(config["study"]).bases.remote(
+                j["factors"], j["rank"], j["ortho"], j["extraction"]
+            )
+            basis = ray.get(ray.get(served))
+        row = finetune(
+            j["task"], j["method"], base=p["model"], weights=p["weights"],
+            random_init=p["random_init"], basis=basis,
+            factors=j["factors"], rank=j["rank"] or p["rank"], ortho=j["ortho"] or "qr",
+            steps=p["steps"], lr=p["lr"], seed=j["seed"], batch_size=p["batch_size"],
+            train_scenes=p["train"], eval_scenes=p["eval"], views=p["views"], size=p["size"],
+            cache=config["cache"],
         )
+    except AttrsubError as exc:
+        tune.report({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
+                     "trial_wall_s": time.perf_counter() - t0})
+        return
+    out = {metric_column(k): float(v) for k, v in row.items()
+           if k not in _ROW_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out.update(
+        status="ok", error="", steps=row["steps"], trainable_params=row["trainable_params"],
+        final_loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
+        main=float(row["main"]), base_hash=row["base_hash"],
+        total_rank=basis.total_rank if basis is not None
+        else j["rank"] if j["method"] in ("psv", "random") else None,
+        trial_wall_s=time.perf_counter() - t0,
     )
-    evals = {}
-    for label, random_init in (("untrained", True), ("pretrained", False)):
-        base = load_base(DEFAULT_BASE, random_init=random_init)
-        evals[label] = evaluate(base.model, held_out)
-    summary = {
-        "study": args.study,
-        "attrsub_version": __version__,
-        "base": DEFAULT_BASE,
-        "datasets": [str(d) for d in datasets],
-        "contact_sheet": str(sheet),
-        "held_out_eval": evals,
+    tune.report(out)
+
+
+def run_finetune(
+    preset: Preset, study: str, paths: StudyPaths, version: str, jobs: list[dict[str, Any]],
+    weights: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run stage 2's ``jobs``; returns one trials-table row per job (failed ones included)."""
+    from ray import tune
+
+    if not jobs:
+        return []
+    params = {"model": preset.model, "weights": weights, "random_init": preset.random_init,
+              "steps": preset.steps,
+              "lr": preset.lr, "rank": preset.rank, "batch_size": preset.batch_size,
+              "views": preset.views, "size": preset.size, **preset.scenes}
+    tuner = tune.Tuner(
+        tune.with_resources(finetune_trial, {"cpu": preset.cpu, "gpu": preset.gpu}),
+        param_space={"job": tune.grid_search(jobs), "params": params, "study": study,
+                     "cache": str(paths.cache), "cpu": preset.cpu},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"{study}-ablation", storage_path=paths.storage,
+            callbacks=[
+                progress(len(jobs), "ablation"),
+                recorder(paths.table("trials"),
+                         lambda job, m, err: finetune_row(preset, study, version, job, m, err)),
+            ],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+    rows = [
+        finetune_row(preset, study, version, r.config["job"], r.metrics, r.error)
+        for r in tuner.fit()
+    ]
+    return rows
+
+
+def finetune_row(
+    preset: Preset, study: str, version: str, job: dict[str, Any],
+    metrics: dict[str, Any] | None, error: BaseException | None,
+) -> dict[str, Any]:
+    """The trials-table row of one stage-2 trial, failed or not."""
+    m = dict(metrics or {})
+    status = m.get("status") if error is None else "failed"
+    message = m.get("error") or (f"{type(error).__name__}: {error}"[:2000]
+                                 if error is not None else None)
+    if status is None:
+        status, message = "failed", message or "trial ended without its final report"
+    row = {
+        "trial_id": job["trial_id"], "study": study, "stage": "finetune", "axis": job["axis"],
+        "task": job["task"], "method": job["method"], "factors": "+".join(job["factors"]),
+        "rank": job["rank"], "ortho": job["ortho"], "extraction": job["extraction"],
+        "seed": job["seed"], "lr": preset.lr, "wall_s": m.get("trial_wall_s"),
+        "status": status, "error": message or None, "base": preset.model,
+        "code_version": version,
+        **{f"rank_{a}": job["rank"] for a in job["factors"]},
+    }
+    row.update({k: v for k, v in m.items() if k not in _TUNE_KEYS})
+    return row
+
+
+_TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id",
+              "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip",
+              "time_since_restore", "iterations_since_restore", "config", "status", "error",
+              "trial_wall_s", "experiment_tag"}
+
+
+def _mean_ci(vals: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t confidence interval (NaN for n < 2)."""
+    from scipy import stats
+
+    if not vals:
+        return math.nan, math.nan
+    mean = statistics.fmean(vals)
+    if len(vals) < 2:
+        return mean, math.nan
+    return mean, float(stats.t.ppf(0.975, len(vals) - 1)) * statistics.stdev(vals) / math.sqrt(
+        len(vals))
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per task: method -> main metric (mean ± 95% CI over seeds), trainable parameters, wall
+    time; then the reduced method's ablation axes, one line per variant."""
+    from attrsub.methods import METHODS
+    from attrsub.tasks import get_task
+
+    ok = [r for r in rows if r["stage"] == "finetune" and r["status"] == "ok"]
+    lines: list[str] = []
+    for task in sorted({r["task"] for r in ok}):
+        t = get_task(task)
+        better = "lower" if t.lower_is_better else "higher"
+        lines += [f"\n{task}: main = {t.main_metric} ({better} is better), mean ± 95% CI "
+                  f"over seeds",
+                  f"  {'method':<34}{'main':>9} {'± CI':<8}{'n':>3}{'trainable':>11}{'wall_s':>8}"]
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in ok:
+            if r["task"] == task:
+                label = r["method"] if r["axis"] == "main" else (
+                    f"reduced {r['axis']}=" + {
+                        "ranks": str(r["rank"]), "subsets": r["factors"],
+                        "ortho": str(r["ortho"]), "extraction": str(r["extraction"]),
+                    }[r["axis"]])
+                groups.setdefault(label, []).append(r)
+        order = {m: i for i, m in enumerate(METHODS)}
+        for label, rs in sorted(groups.items(),
+                                key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
+            mean, ci = _mean_ci([r["main"] for r in rs if r.get("main") is not None])
+            wall = statistics.fmean(r["wall_s"] or 0.0 for r in rs)
+            lines.append(f"  {label:<34}{mean:>9.4f} {ci:<8.4f}{len(rs):>3}"
+                         f"{rs[0].get('trainable_params') or 0:>11}{wall:>8.1f}")
+    failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
+    if failed:
+        lines.append(f"\n{len(failed)} trial(s) not ok: {', '.join(failed[:10])}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate everything, then stage 1 (unless its bank exists), stage 2, the tables."""
+    import ray
+
+    from sweeps import actor as subspace_actor
+    from sweeps.mine import run_mining
+
+    t0 = time.perf_counter()
+    st = open_study(args)
+    preset, study, paths, version, weights = st.preset, st.name, st.paths, st.version, st.weights
+    trials_path = paths.table("trials")
+    jobs = finetune_jobs(preset)
+    init_ray(args.num_cpus)
+    handle = subspace_actor.get_or_create(
+        study, paths.local, list(preset.factors), preset.groups * len(preset.adapter_seeds),
+        preset.extraction,
+    )
+    main_ext = preset.extraction.method
+    if not (paths.local / "banks" / f"bank-{main_ext}.safetensors").is_file():
+        upsert_table(run_mining(preset, study, paths, version, weights), trials_path,
+                     trials_schema)
+    done = {r["trial_id"] for r in read_table(trials_path) if r["status"] == "ok"}
+    todo = [j for j in jobs if j["trial_id"] not in done]
+    missing = ray.get(handle.missing.remote())
+    if missing:
+        print(f"ablation: mining incomplete ({missing}); reduced trials will fail",
+              file=sys.stderr)
+    else:
+        ray.get(handle.bank_path.remote(main_ext))
+    upsert_table(run_finetune(preset, study, paths, version, todo, weights), trials_path,
+                 trials_schema)
+    overlaps, spectra = [], []
+    if not missing:
+        for ext in dict.fromkeys([main_ext, *preset.ablation_extraction]):
+            rows = ray.get(handle.analysis.remote(ext, study, version, preset.adapter_seeds[0]))
+            overlaps += rows["overlaps"]
+            spectra += rows["spectra"]
+    write_table(overlaps, OVERLAPS_SCHEMA, paths.table("overlaps"))
+    write_table(spectra, SPECTRA_SCHEMA, paths.table("spectra"))
+    actor_stats = ray.get(handle.stats.remote())
+    ray.kill(handle)
+    return {
+        "study": study, "tables": {n: paths.table(n) for n in ("trials", "overlaps", "spectra")},
+        "rows": read_table(trials_path), "actor": actor_stats,
         "wall_s": time.perf_counter() - t0,
     }
-    write_json(study / "summary.json", summary)
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = study_parser(__doc__).parse_args(argv)
     try:
-        summary = run(args)
+        out = run(args)
     except AttrsubError as exc:
         print(f"ablation: error: {exc}", file=sys.stderr)
         return 2
-    keys = ("depth_absrel", "depth_delta1", "cam_auc30")
-    print(f"\n{'model':<12}" + "".join(f"{k:>14}" for k in keys))
-    for label, metrics in summary["held_out_eval"].items():
-        print(f"{label:<12}" + "".join(f"{metrics.get(k, float('nan')):>14.4f}" for k in keys))
-    print(f"\nwall time {summary['wall_s']:.1f} s; contact sheet {summary['contact_sheet']}")
-    print(json.dumps({"summary": str(Path(args.storage) / args.study / "summary.json")}))
+    print(summary(out["rows"]))
+    print(f"\nstudy {out['study']}: {len(out['rows'])} trials in {out['wall_s']:.1f} s")
+    print(f"subspace actor: {json.dumps(out['actor'], sort_keys=True)}")
+    for name, path in out["tables"].items():
+        print(f"{name}: {path}")
     return 0
 
 

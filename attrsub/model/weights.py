@@ -44,7 +44,8 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
 
             state = load_file(str(path), device=str(device))
         else:
-            state = torch.load(path, map_location=device, weights_only=True)
+            # mmap: checking a 1B checkpoint reads pages on demand instead of 5 GB up front
+            state = torch.load(path, map_location=device, weights_only=True, mmap=True)
     except Exception as exc:
         raise DataError(f"cannot read weights {path}: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):

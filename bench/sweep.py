@@ -1,0 +1,143 @@
+"""The same stage-2 trials through the Ray Tune sweep versus serially in one process.
+
+Mines a study's adapters once (through the sweep, not timed), warms the dataset cache,
+then runs the first ``--trials`` stage-2 jobs of the preset twice:
+
+- serial baseline: one process, torch using all ``--cpus`` threads, one
+  ``attrsub.methods.finetune`` call after another, reduced bases integrated locally from the
+  bank (one integration per key, as the actor would);
+- sweep: ``sweeps.ablation.run_finetune`` on a local Ray cluster of ``--cpus`` CPUs, one CPU
+  per trial, reduced bases served by the study's subspace actor.
+
+It prints both wall times, the speed-up (target >= 1.7x on 2 CPUs), the Ray overhead per
+trial (sweep wall x concurrency / trials minus the trials' own mean wall time, measured inside
+each trial), and the subspace actor's cache hit rate. ``--repeats`` reruns both and reports
+medians.
+
+Run from the repository root: ``python bench/sweep.py [--preset quick] [--trials 24]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _serial(preset: Any, jobs: list[dict[str, Any]], bank_path: Path, cache: Path,
+            threads: int) -> float:
+    import torch
+
+    from attrsub.bank import load_bank
+    from attrsub.methods import finetune
+
+    torch.set_num_threads(threads)
+    bank = load_bank(bank_path)
+    bases: dict[tuple[Any, ...], Any] = {}
+    t0 = time.perf_counter()
+    for j in jobs:
+        basis = None
+        if j["method"] == "reduced":
+            key = (tuple(j["factors"]), j["rank"], j["ortho"], j["extraction"])
+            if key not in bases:
+                b = bank if j["extraction"] == bank.config.method else load_bank(
+                    bank_path.with_name(f"bank-{j['extraction']}.safetensors"))
+                bases[key] = b.basis_set(j["factors"], j["rank"], j["ortho"])
+            basis = bases[key]
+        torch.manual_seed(0)
+        finetune(
+            j["task"], j["method"], base=preset.model, random_init=preset.random_init,
+            basis=basis, rank=j["rank"] or preset.rank, ortho=j["ortho"] or "qr",
+            steps=preset.steps, lr=preset.lr, seed=j["seed"], batch_size=preset.batch_size,
+            train_scenes=preset.scenes["train"], eval_scenes=preset.scenes["eval"],
+            views=preset.views, size=preset.size, cache=cache,
+        )
+    return time.perf_counter() - t0
+
+
+def _warm(preset: Any, jobs: list[dict[str, Any]], cache: Path) -> None:
+    """Render every (task, seed) dataset once, so neither timed run pays for rendering."""
+    from attrsub.methods import finetune
+
+    for task, seed in sorted({(j["task"], j["seed"]) for j in jobs}):
+        finetune(task, "lora", base=preset.model, random_init=preset.random_init,
+                 rank=preset.rank, steps=1, seed=seed, batch_size=preset.batch_size,
+                 train_scenes=preset.scenes["train"], eval_scenes=preset.scenes["eval"],
+                 views=preset.views, size=preset.size, cache=cache)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--trials", type=int, default=24, help="first N stage-2 jobs")
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    import ray
+
+    from sweeps import actor as subspace_actor
+    from sweeps.ablation import finetune_jobs, run_finetune
+    from sweeps.config import load_preset
+    from sweeps.mine import run_mining
+    from sweeps.runtime import code_version, init_ray, study_paths
+
+    preset = dataclasses.replace(load_preset(args.preset), cpu=1.0, gpu=0.0)
+    jobs = finetune_jobs(preset)[: args.trials]
+    root = Path(tempfile.mkdtemp(prefix="attrsub-bench-sweep-"))
+    paths = study_paths(root, "bench", None)
+    version = code_version()
+    init_ray(args.cpus)
+    handle = subspace_actor.get_or_create(
+        "bench", paths.local, list(preset.factors), preset.groups * len(preset.adapter_seeds),
+        preset.extraction,
+    )
+    t0 = time.perf_counter()
+    mined = run_mining(preset, "bench", paths, version)
+    print(f"mined {len(mined)} adapters in {time.perf_counter() - t0:.1f} s (not timed below)")
+    extractions = sorted({j["extraction"] for j in jobs if j["extraction"]})
+    for ext in extractions:
+        ray.get(handle.bank_path.remote(ext))
+    _warm(preset, jobs, paths.cache)
+
+    serial, sweep, overhead = [], [], []
+    stats: dict[str, Any] = {}
+    for rep in range(args.repeats):
+        serial.append(_serial(preset, jobs, paths.local / "banks" /
+                              f"bank-{preset.extraction.method}.safetensors", paths.cache,
+                              args.cpus))
+        t0 = time.perf_counter()
+        rows = run_finetune(preset, f"bench{rep}", paths, version, jobs)
+        sweep.append(time.perf_counter() - t0)
+        bad = [r["trial_id"] for r in rows if r["status"] != "ok"]
+        if bad:
+            raise SystemExit(f"sweep trials failed: {bad}")
+        own = statistics.fmean(r["wall_s"] for r in rows)
+        overhead.append(sweep[-1] * args.cpus / len(rows) - own)
+        stats = ray.get(handle.stats.remote())
+        print(f"repeat {rep}: serial {serial[-1]:.1f} s, sweep {sweep[-1]:.1f} s")
+    ray.kill(handle)
+    s, w = statistics.median(serial), statistics.median(sweep)
+    print(f"\n{len(jobs)} stage-2 trials of preset {args.preset!r} ({preset.steps} steps, "
+          f"{preset.size} px, {preset.model}), {args.cpus} CPUs, median of {args.repeats}:")
+    print(f"  serial, one process, {args.cpus} torch threads : {s:8.1f} s  (baseline)")
+    print(f"  Ray Tune sweep, 1 CPU per trial      : {w:8.1f} s")
+    print(f"  speed-up serial / sweep              : {s / w:8.2f} x  (target >= 1.7)")
+    print(f"  Ray overhead per trial               : {statistics.median(overhead):8.2f} s")
+    print(f"  actor: {stats['requests']} basis requests, {stats['hits']} cache hits "
+          f"(hit rate {stats['hit_rate'] or 0:.2f}), {stats['extractions']} factor "
+          f"extractions")
+
+
+if __name__ == "__main__":
+    main()

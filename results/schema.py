@@ -1,0 +1,240 @@
+"""Typed, flat schemas of a study's Parquet tables, and atomic writers for them.
+
+Three tables per study folder (see results/README.md for every column):
+
+- ``trials.parquet``: one row per trial (mining and fine-tuning), keyed by ``trial_id``;
+- ``overlaps.parquet``: one row per (extraction, layer, attribute pair);
+- ``spectra.parquet``: one row per (extraction, layer, attribute, singular value index).
+
+The trials schema has fixed columns plus one float64 column per metric a task reports
+(``"test/pc_acc"`` -> ``test__pc_acc``), so it is built from the rows. Writes go to a
+temporary file beside the target and are renamed over it, so a reader never sees half a
+table; ``upsert_table`` replaces rows by key so a resumed study never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from attrsub.errors import ConfigError, DataError
+from attrsub.fsio import atomic_path
+
+ATTRIBUTES = ("texture", "geometry", "camera", "lighting")
+STATUSES = ("ok", "failed", "stopped")
+STAGES = ("mine", "finetune")
+
+_TRIAL_FIELDS: list[pa.Field] = [
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("study", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("axis", pa.string()),
+    pa.field("task", pa.string()),
+    pa.field("method", pa.string()),
+    pa.field("factors", pa.string()),
+    pa.field("group", pa.int64()),
+    *(pa.field(f"rank_{a}", pa.int64()) for a in ATTRIBUTES),
+    pa.field("rank", pa.int64()),
+    pa.field("total_rank", pa.int64()),
+    pa.field("ortho", pa.string()),
+    pa.field("extraction", pa.string()),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("lr", pa.float64()),
+    pa.field("steps", pa.int64()),
+    pa.field("trainable_params", pa.int64()),
+    pa.field("final_loss", pa.float64()),
+    pa.field("main", pa.float64()),
+    pa.field("wall_s", pa.float64()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("base", pa.string()),
+    pa.field("base_hash", pa.string()),
+    pa.field("code_version", pa.string(), nullable=False),
+]
+TRIAL_COLUMNS = tuple(f.name for f in _TRIAL_FIELDS)
+
+_MEASURES = [
+    f"{prefix}{name}"
+    for prefix in ("", "rand_")
+    for name in (
+        "col_angle_min", "col_angle_mean", "scale_inv_distance", "overlap",
+        "row_angle_min", "row_angle_mean", "row_scale_inv_distance", "row_overlap",
+    )
+]
+OVERLAPS_SCHEMA = pa.schema([
+    pa.field("study", pa.string(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("extraction", pa.string(), nullable=False),
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("attr_a", pa.string(), nullable=False),
+    pa.field("attr_b", pa.string(), nullable=False),
+    pa.field("rank_a", pa.int64()),
+    pa.field("rank_b", pa.int64()),
+    pa.field("d_out", pa.int64()),
+    pa.field("d_in", pa.int64()),
+    *(pa.field(m, pa.float64()) for m in _MEASURES),
+])
+
+SPECTRA_SCHEMA = pa.schema([
+    pa.field("study", pa.string(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("extraction", pa.string(), nullable=False),
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("attribute", pa.string(), nullable=False),
+    pa.field("index", pa.int64(), nullable=False),
+    pa.field("value", pa.float64(), nullable=False),
+    pa.field("rank", pa.int64()),
+    pa.field("cliff_rank", pa.int64()),
+    pa.field("adapters", pa.int64()),
+    pa.field("irls_iterations", pa.int64()),
+    pa.field("converged", pa.bool_()),
+    pa.field("irls_weight_min", pa.float64()),
+    pa.field("irls_weight_mean", pa.float64()),
+    pa.field("irls_weight_max", pa.float64()),
+])
+
+
+def metric_column(name: str) -> str:
+    """The column a metric lands in: "/" becomes "__" (``test/pc_acc`` -> ``test__pc_acc``)."""
+    col = name.replace("/", "__")
+    if not col or (col in TRIAL_COLUMNS and col not in ("final_loss", "main")):
+        raise ConfigError(f"metric {name!r} would collide with the fixed trials column {col!r}")
+    return col
+
+
+def trials_schema(rows: Iterable[Mapping[str, Any]] = ()) -> pa.Schema:
+    """Fixed trial columns plus a float64 column for every other key the rows carry."""
+    extra = sorted({k for r in rows for k in r if k not in TRIAL_COLUMNS})
+    return pa.schema([*_TRIAL_FIELDS, *(pa.field(metric_column(k), pa.float64()) for k in extra)])
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _check_rows(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> None:
+    names = set(schema.names)
+    required = [f.name for f in schema if not f.nullable]
+    for i, r in enumerate(rows):
+        unknown = sorted(set(r) - names)
+        if unknown:
+            raise ConfigError(f"row {i} has columns not in the schema: {unknown}")
+        missing = [c for c in required if r.get(c) is None]
+        if missing:
+            raise ConfigError(f"row {i} lacks required column(s) {missing}")
+        if "status" in r and r["status"] not in STATUSES:
+            raise ConfigError(f"row {i}: status {r['status']!r} is not one of {STATUSES}")
+
+
+def _fs(path: str | os.PathLike[str]) -> tuple[pafs.FileSystem | None, str]:
+    """(filesystem, path) for a URI such as s3://bucket/x; (None, path) for a local path."""
+    s = os.fspath(path)
+    if "://" in s and not s.startswith("file://"):
+        fs, p = pafs.FileSystem.from_uri(s)
+        return fs, p
+    return None, s.removeprefix("file://")
+
+
+def write_table(
+    rows: Sequence[Mapping[str, Any]], schema: pa.Schema, path: str | os.PathLike[str]
+) -> str:
+    """Validate ``rows`` against ``schema`` and write them as Parquet, atomically."""
+    rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
+    _check_rows(rows, schema)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    fs, p = _fs(path)
+    if fs is None:
+        with atomic_path(p) as tmp:
+            pq.write_table(table, str(tmp))
+        return p
+    tmp = f"{p}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, p)
+    return os.fspath(path)
+
+
+def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a table (empty when it does not exist yet)."""
+    fs, p = _fs(path)
+    if fs is None and not Path(p).is_file():
+        return []
+    if fs is not None and fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return []
+    try:
+        return pq.read_table(p, filesystem=fs).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"results table {os.fspath(path)!r} is unreadable: {exc}") from exc
+
+
+def upsert_table(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    schema: pa.Schema | Callable[[list[dict[str, Any]]], pa.Schema],
+    key: str = "trial_id",
+) -> int:
+    """Merge ``rows`` into the table at ``path``: a row whose ``key`` exists replaces it.
+
+    ``schema`` may be a function of all rows (the trials schema grows with the metrics).
+    Returns the row count written.
+    """
+    new = {r[key]: dict(r) for r in rows}
+    old = [
+        {k: v for k, v in r.items() if v is not None}
+        for r in read_table(path)
+        if r.get(key) not in new
+    ]
+    merged = old + list(new.values())
+    write_table(merged, schema(merged) if callable(schema) else schema, path)
+    return len(merged)
+
+
+def overlap_rows(
+    pairwise_rows: Iterable[Mapping[str, Any]],
+    *,
+    study: str,
+    code_version: str,
+    seed: int,
+    extraction: str,
+) -> list[dict[str, Any]]:
+    """attrsub.disentangle.pairwise rows with the study's identifying columns added."""
+    ident = {"study": study, "code_version": code_version, "seed": seed, "extraction": extraction}
+    return [{**ident, **r} for r in pairwise_rows]
+
+
+def spectra_rows(
+    bank: Any, *, study: str, code_version: str, seed: int, extraction: str
+) -> list[dict[str, Any]]:
+    """One row per singular value of every (attribute, layer) subspace of an attrsub Bank."""
+    from attrsub.subspace import ExtractConfig, select_rank
+
+    cliff = ExtractConfig(rank="cliff-gap")
+    out: list[dict[str, Any]] = []
+    for attribute, layers in bank.subspaces.items():
+        adapters = len(bank.sources.get(attribute, []))
+        for layer, sub in layers.items():
+            w = sub.weights.double()
+            common = {
+                "study": study, "code_version": code_version, "seed": seed,
+                "extraction": extraction, "layer": layer, "attribute": attribute,
+                "rank": sub.rank, "cliff_rank": select_rank(sub.spectrum, cliff),
+                "adapters": adapters, "irls_iterations": sub.iterations,
+                "converged": bool(sub.converged),
+                "irls_weight_min": float(w.min()) if w.numel() else None,
+                "irls_weight_mean": float(w.mean()) if w.numel() else None,
+                "irls_weight_max": float(w.max()) if w.numel() else None,
+            }
+            for i, v in enumerate(sub.spectrum.double().tolist()):
+                out.append({**common, "index": i, "value": float(v)})
+    return out

@@ -1,0 +1,1 @@
+"""Thin Ray Tune entry points over attrsub: the mining sweep, the shared actor, the study."""

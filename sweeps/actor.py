@@ -1,0 +1,195 @@
+"""The shared subspace actor: one per study; extracts each factor once, serves integrated bases.
+
+The driver creates it (``get_or_create``) as a named, detached actor with no CPUs, so it
+outlives any trial's placement group; trials find it with ``ray.get_actor``. Mining trials
+hand it finished adapters (``add_adapter``); as soon as a factor's adapters are complete it
+extracts that factor's subspaces with the study's main extraction method, while the other
+factors are still training. Fine-tuning trials ask for a ``BasisSet`` by key (factors,
+ranks, orthogonalisation, extraction): the actor integrates it once, ``ray.put``s it, and
+hands every later caller the same object-store reference. It is a sync actor, so Ray runs
+its calls one at a time: however many trials ask for one key at once, the first call does
+the work and every later call is a cache hit. Complete banks are persisted in the study
+folder (``banks/bank-<extraction>.safetensors``) and adapters are rediscovered from its
+``adapters`` folder, so a restarted actor or a resumed study picks them up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+
+ACTOR_PREFIX = "attrsub-subspaces-"
+NAMESPACE = "attrsub"
+
+
+class SubspaceActor:
+    """Holds a study's adapters, extracts banks per extraction method, caches integrations."""
+
+    def __init__(
+        self,
+        study_dir: str,
+        factors: list[str],
+        adapters_per_factor: int,
+        extract: dict[str, Any],
+    ) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.study_dir = Path(study_dir)
+        self.adapters_dir = self.study_dir / "adapters"
+        self.banks_dir = self.study_dir / "banks"
+        self.factors = list(factors)
+        self.expected = adapters_per_factor
+        self.extract = dict(extract)
+        self.adapters: dict[str, set[str]] = {f: set() for f in self.factors}
+        self.extracted: dict[tuple[str, str], Any] = {}  # (extraction, factor) -> result
+        self.banks: dict[str, Any] = {}
+        self.cache: dict[tuple[Any, ...], ray.ObjectRef] = {}
+        self.counts = {"extractions": 0, "bank_loads": 0, "requests": 0, "hits": 0}
+        if self.adapters_dir.is_dir():
+            for d in sorted(self.adapters_dir.iterdir()):
+                if (d / "attrsub-adapter.json").is_file():
+                    self.add_adapter(str(d))
+
+    def add_adapter(self, path: str) -> int:
+        """Record a finished adapter folder; returns how many its factor now has.
+
+        Completing a factor extracts it at once with the main extraction method (unless a
+        persisted bank already holds it).
+        """
+        from attrsub.lora import read_sidecar
+
+        factor = read_sidecar(Path(path))["factor"]
+        if factor not in self.adapters:
+            raise ValueError(f"adapter {path!r} is of factor {factor!r}, not in {self.factors}")
+        self.adapters[factor].add(os.fspath(path))
+        main = self.extract["method"]
+        if len(self.adapters[factor]) == self.expected and not self._bank_file(main).is_file():
+            self._extract_factor(main, factor)
+        return len(self.adapters[factor])
+
+    def missing(self) -> dict[str, int]:
+        """Adapters still missing per factor (empty when every factor is complete)."""
+        return {
+            f: self.expected - len(a) for f, a in self.adapters.items() if len(a) < self.expected
+        }
+
+    def _bank_file(self, extraction: str) -> Path:
+        return self.banks_dir / f"bank-{extraction}.safetensors"
+
+    def _extract_factor(self, extraction: str, factor: str) -> Any:
+        from attrsub.mine import extract_factor
+        from attrsub.subspace import ExtractConfig
+
+        key = (extraction, factor)
+        if key not in self.extracted:
+            cfg = ExtractConfig(**{**self.extract, "method": extraction})
+            self.extracted[key] = extract_factor(
+                factor, sorted(map(Path, self.adapters[factor])), cfg
+            )
+            self.counts["extractions"] += 1
+        return self.extracted[key]
+
+    def _bank(self, extraction: str) -> Any:
+        """The complete bank for one extraction method: from memory, from disk, or extracted."""
+        if extraction not in self.banks:
+            from attrsub.bank import load_bank, save_bank
+            from attrsub.mine import assemble_bank
+            from attrsub.subspace import ExtractConfig
+
+            path = self._bank_file(extraction)
+            if path.is_file():
+                self.banks[extraction] = load_bank(path)
+                self.counts["bank_loads"] += 1
+            else:
+                missing = self.missing()
+                if missing:
+                    raise RuntimeError(f"cannot extract yet; adapters missing: {missing}")
+                cfg = ExtractConfig(**{**self.extract, "method": extraction})
+                bank = assemble_bank(
+                    {f: self._extract_factor(extraction, f) for f in self.factors}, cfg
+                )
+                save_bank(bank, path)
+                self.banks[extraction] = bank
+        return self.banks[extraction]
+
+    def bank_path(self, extraction: str) -> str:
+        """The persisted bank file for one extraction method, extracting it if need be."""
+        self._bank(extraction)
+        return str(self._bank_file(extraction))
+
+    def bases(
+        self,
+        factors: list[str],
+        ranks: dict[str, int] | int | None,
+        ortho: str,
+        extraction: str,
+        total_rank: int | None = None,
+    ) -> ray.ObjectRef:
+        """An object-store reference to the BasisSet of one key, integrated once."""
+        key = (
+            tuple(factors),
+            tuple(sorted(ranks.items())) if isinstance(ranks, dict) else ranks,
+            ortho,
+            extraction,
+            total_rank,
+        )
+        self.counts["requests"] += 1
+        if key in self.cache:
+            self.counts["hits"] += 1
+        else:
+            basis = self._bank(extraction).basis_set(factors, ranks, ortho, total_rank)
+            self.cache[key] = ray.put(basis)
+        return self.cache[key]
+
+    def analysis(self, extraction: str, study: str, code_version: str, seed: int) -> dict:
+        """Rows for overlaps.parquet and spectra.parquet from this extraction's bank."""
+        from attrsub.disentangle import pairwise
+        from results.schema import overlap_rows, spectra_rows
+
+        bank = self._bank(extraction)
+        ident = {"study": study, "code_version": code_version, "seed": seed,
+                 "extraction": extraction}
+        return {
+            "overlaps": overlap_rows(pairwise(bank.subspaces, seed=seed), **ident),
+            "spectra": spectra_rows(bank, **ident),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Extractions done, bank loads, basis requests and cache hits, adapters per factor."""
+        return {
+            **self.counts,
+            "cached": len(self.cache),
+            "hit_rate": self.counts["hits"] / self.counts["requests"]
+            if self.counts["requests"] else None,
+            "adapters": {f: len(a) for f, a in self.adapters.items()},
+        }
+
+
+def actor_name(study: str) -> str:
+    return f"{ACTOR_PREFIX}{study}"
+
+
+def get_or_create(
+    study: str, study_dir: Path, factors: list[str], adapters_per_factor: int, extract: Any
+) -> Any:
+    """The study's actor, created by the driver so it outlives every trial."""
+    remote = ray.remote(SubspaceActor).options(
+        name=actor_name(study),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        scheduling_strategy="DEFAULT",
+    )
+    cfg = dataclasses.asdict(extract) if dataclasses.is_dataclass(extract) else dict(extract)
+    return remote.remote(str(study_dir), list(factors), adapters_per_factor, cfg)
+
+
+def get(study: str) -> Any:
+    """The study's actor from inside a trial (or a second driver)."""
+    return ray.get_actor(actor_name(study), namespace=NAMESPACE)

@@ -1,0 +1,222 @@
+"""What both stages share: where a study lives, how the driver joins Ray, the code version.
+
+Kept apart from the stages so ``sweeps/mine.py`` and ``sweeps/ablation.py`` stay thin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attrsub import __version__
+from attrsub.base import load_base, shipped_weights
+from attrsub.errors import ConfigError
+from attrsub.fsio import ensure_writable_dir
+from results.schema import read_table
+from sweeps.config import Preset, load_preset
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STORAGE = REPO / "results"
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Tune's storage (local path or URI), the study's local artefact folder, its tables root."""
+
+    storage: str
+    local: Path
+    tables: str
+
+    @property
+    def adapters(self) -> Path:
+        return self.local / "adapters"
+
+    @property
+    def cache(self) -> Path:
+        return self.local / "cache"
+
+    def table(self, name: str) -> str:
+        return f"{self.tables}/{name}.parquet"
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def study_paths(storage: str | os.PathLike[str], study: str, work_dir: str | None) -> StudyPaths:
+    """Resolve and check the study's folders before any trial runs.
+
+    With a URI (s3://, gs://) Tune and the tables go there, while adapters, banks and the
+    dataset cache go to ``work_dir`` (a folder every node shares, default ~/attrsub-studies).
+    """
+    if not study or "/" in study or study.startswith("."):
+        raise ConfigError(f"study name {study!r} must be a plain folder name")
+    s = os.fspath(storage)
+    if is_uri(s):
+        local = Path(work_dir or Path.home() / "attrsub-studies") / study
+        tables = f"{s.rstrip('/')}/{study}"
+    else:
+        root = ensure_writable_dir(Path(s.removeprefix("file://")).expanduser().resolve(),
+                                   "--storage")
+        s = str(root)
+        local = root / study
+        tables = str(local)
+    ensure_writable_dir(local, "study folder")
+    return StudyPaths(storage=s, local=local, tables=tables)
+
+
+@dataclass(frozen=True)
+class Study:
+    """Everything a stage needs, checked before Ray starts."""
+
+    preset: Preset
+    name: str
+    paths: StudyPaths
+    version: str
+    weights: str | None
+
+
+def study_parser(description: str | None) -> argparse.ArgumentParser:
+    """The arguments every study entry point takes."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", default="quick", help="smoke | quick | paper (sweeps/presets.yaml)")
+    p.add_argument("--study", default=None, help="study name (default: the preset's name)")
+    p.add_argument("--storage", default=str(DEFAULT_STORAGE),
+                   help="results root: a folder, or s3:// / gs:// (Tune storage and tables)")
+    p.add_argument("--work-dir", default=None,
+                   help="shared folder for adapters/banks when --storage is a URI")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an existing study: finished trials are not rerun")
+    p.add_argument("--weights", default=None,
+                   help="base weights for the preset's model (VGGT's model.pt or safetensors); "
+                        "on a cluster, a path every node can read")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray")
+    return p
+
+
+def open_study(args: argparse.Namespace) -> Study:
+    """Validate the preset, weights and storage; refuse to overwrite a study without --resume."""
+    preset = load_preset(args.preset)
+    weights = check_weights(preset, args.weights)
+    name = args.study or preset.name
+    paths = study_paths(args.storage, name, args.work_dir)
+    trials = paths.table("trials")
+    if read_table(trials) and not args.resume:
+        raise ConfigError(
+            f"study {name!r} already has results at {trials}; pass --resume to continue it "
+            f"or choose another --study"
+        )
+    return Study(preset, name, paths, code_version(), weights)
+
+
+def check_weights(preset: Preset, weights: str | None) -> str | None:
+    """The weights file the trials load (absolute), checked before any trial starts."""
+    if weights is not None:
+        if preset.random_init:
+            raise ConfigError(f"preset {preset.name!r} uses a random-init base; drop --weights")
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"--weights {weights!r} is not a file")
+        load_base(preset.model, path)  # a mismatching file fails here, not in every trial
+        return str(path)
+    if not preset.random_init and shipped_weights(preset.model) is None:
+        raise ConfigError(
+            f"preset {preset.name!r} needs pretrained weights for {preset.model!r}, and none "
+            f"ship with attrsub: pass --weights PATH (e.g. VGGT-1B's model.pt)"
+        )
+    return None
+
+
+def code_version() -> str:
+    """attrsub's version plus the git commit (and ``+dirty``) when run from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster a job runs in, or start a small local one.
+
+    Token auth is off for a local cluster unless the caller chose otherwise (Ray 2.59+ turns
+    it on for clusters ``ray.init`` starts). Workers get the repo on PYTHONPATH so trials
+    import ``sweeps`` and ``results``.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
+        ray.init(address="auto", log_to_driver=False)
+        return
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AUTH_MODE": "disabled"}},
+    )
+
+
+
+def progress(total: int, desc: str) -> Any:
+    """A Tune callback drawing one tqdm bar over a stage's trials (Tune's own table is off)."""
+    from ray import tune
+    from tqdm import tqdm
+
+    class _Progress(tune.Callback):
+        def __init__(self) -> None:
+            self.bar = tqdm(total=total, desc=desc, unit="trial", dynamic_ncols=True)
+            self.failed = 0
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.bar.update(1)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.failed += 1
+            self.bar.set_postfix(failed=self.failed)
+            self.bar.update(1)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self.bar.close()
+
+    return _Progress()
+
+
+def recorder(table: str, row: Any) -> Any:
+    """A Tune callback writing each trial's row the moment it ends, so nothing is lost.
+
+    ``row(job, last_result, error)`` builds the row; it is upserted into the trials table
+    at ``table`` by ``trial_id``, so an interrupted study resumes after its last finished
+    trial and the row the driver writes at the end replaces this one.
+    """
+    from ray import tune
+
+    from results.schema import trials_schema, upsert_table
+
+    class _Recorder(tune.Callback):
+        def _write(self, trial: Any, error: BaseException | None) -> None:
+            upsert_table([row(trial.config["job"], trial.last_result, error)], table,
+                         trials_schema)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._write(trial, None)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._write(trial, trial.get_error() or RuntimeError("trial errored"))
+
+    return _Recorder()

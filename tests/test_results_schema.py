@@ -1,0 +1,81 @@
+"""Results tables: schemas, atomic writes, upsert by trial_id, bad rows."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from attrsub.errors import ConfigError
+from results.schema import (
+    OVERLAPS_SCHEMA,
+    SPECTRA_SCHEMA,
+    TRIAL_COLUMNS,
+    metric_column,
+    read_table,
+    trials_schema,
+    upsert_table,
+    write_table,
+)
+
+
+def _row(tid: str, **kw: object) -> dict:
+    return {"trial_id": tid, "study": "s", "stage": "finetune", "seed": 0, "status": "ok",
+            "code_version": "v", **kw}
+
+
+def test_metric_column_flattens_and_refuses_collisions() -> None:
+    assert metric_column("test/pc_acc") == "test__pc_acc"
+    assert metric_column("main") == "main"
+    with pytest.raises(ConfigError, match="collide"):
+        metric_column("status")
+
+
+def test_trials_schema_grows_with_metrics() -> None:
+    schema = trials_schema([_row("a", test__pc_acc=0.5)])
+    assert schema.names[: len(TRIAL_COLUMNS)] == list(TRIAL_COLUMNS)
+    assert str(schema.field("test__pc_acc").type) == "double"
+
+
+def test_upsert_replaces_by_trial_id(tmp_path) -> None:
+    path = tmp_path / "trials.parquet"
+    upsert_table([_row("a", main=1.0), _row("b", status="failed", error="boom")], path,
+                 trials_schema)
+    upsert_table([_row("a", main=2.0, test__pc_acc=0.3)], path, trials_schema)
+    df = pd.read_parquet(path)
+    assert sorted(df.trial_id) == ["a", "b"]
+    a = df.set_index("trial_id").loc["a"]
+    assert a["main"] == 2.0 and a["test__pc_acc"] == pytest.approx(0.3)
+    assert df.set_index("trial_id").loc["b", "error"] == "boom"
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_nonfinite_becomes_null(tmp_path) -> None:
+    path = tmp_path / "t.parquet"
+    write_table([_row("a", final_loss=math.nan)], trials_schema(), path)
+    assert read_table(path)[0]["final_loss"] is None
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"nope": 1}, "not in the schema"),
+        ({"status": "weird"}, "status"),
+        ({"study": None}, "required"),
+    ],
+)
+def test_bad_rows_are_refused(tmp_path, row: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        write_table([{**_row("a"), **row}], trials_schema(), tmp_path / "t.parquet")
+    assert not (tmp_path / "t.parquet").exists()
+
+
+def test_overlap_and_spectra_schemas_write(tmp_path) -> None:
+    ident = {"study": "s", "code_version": "v", "seed": 0, "extraction": "irls", "layer": "l"}
+    write_table([{**ident, "attr_a": "texture", "attr_b": "camera", "overlap": 0.1}],
+                OVERLAPS_SCHEMA, tmp_path / "o.parquet")
+    write_table([{**ident, "attribute": "texture", "index": 0, "value": 1.0, "cliff_rank": 1}],
+                SPECTRA_SCHEMA, tmp_path / "s.parquet")
+    assert pd.read_parquet(tmp_path / "o.parquet").overlap.iloc[0] == pytest.approx(0.1)
+    assert pd.read_parquet(tmp_path / "s.parquet").cliff_rank.iloc[0] == 1

@@ -1,0 +1,107 @@
+"""End to end on a real local Ray cluster (2 CPUs): the smoke study, its tables, a resume,
+and the same study submitted as a Ray job to a `ray start --head` cluster."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from results.schema import OVERLAPS_SCHEMA, SPECTRA_SCHEMA, TRIAL_COLUMNS
+from sweeps.ablation import finetune_jobs
+from sweeps.config import load_preset
+from sweeps.mine import mining_jobs
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+
+
+def _study(storage: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "ablation.py"), "--preset", "smoke",
+         "--storage", str(storage), "--num-cpus", "2", *extra],
+        env=ENV, capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+
+
+def _check_tables(study_dir: Path) -> pd.DataFrame:
+    preset = load_preset("smoke")
+    n = len(mining_jobs(preset)) + len(finetune_jobs(preset))
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    assert len(trials) == n and trials.trial_id.is_unique
+    assert set(TRIAL_COLUMNS) <= set(trials.columns)
+    assert (trials.status == "ok").all(), trials[trials.status != "ok"][["trial_id", "error"]]
+    ft = trials[trials.stage == "finetune"]
+    assert set(ft.method) == set(preset.methods)
+    metrics = [c for c in trials.columns if "__" in c] + ["main"]
+    assert "test__pc_acc" in metrics
+    assert all(math.isfinite(v) for v in ft[metrics].to_numpy().ravel())
+    assert (ft.set_index("method").trainable_params.loc["none"] == 0).all()
+    overlaps = pd.read_parquet(study_dir / "overlaps.parquet")
+    spectra = pd.read_parquet(study_dir / "spectra.parquet")
+    assert list(overlaps.columns) == OVERLAPS_SCHEMA.names and len(overlaps) > 0
+    assert list(spectra.columns) == SPECTRA_SCHEMA.names and len(spectra) > 0
+    assert set(spectra.extraction) == {"irls", "mean"}
+    assert overlaps[["scale_inv_distance", "overlap"]].notna().all().all()
+    return trials
+
+
+def test_smoke_study_end_to_end_and_resume(tmp_path) -> None:
+    storage = tmp_path / f"store-{uuid.uuid4().hex[:8]}"
+    run = _study(storage)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "reduced" in run.stdout and "trials.parquet" in run.stdout
+    actor = json.loads(re.search(r"subspace actor: (\{.*\})", run.stdout).group(1))
+    # every factor extracted once per method (irls as mining completes it, mean on demand),
+    # however many trials asked; every basis key integrated once
+    assert actor["extractions"] == 2 * 4 and actor["bank_loads"] == 0
+    assert actor["requests"] == actor["cached"] + actor["hits"]
+    first = _check_tables(storage / "smoke")
+    assert (storage / "smoke" / "banks" / "bank-irls.safetensors").is_file()
+
+    again = _study(storage, "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    actor = json.loads(re.search(r"subspace actor: (\{.*\})", again.stdout).group(1))
+    # the restarted actor reloads the persisted banks instead of extracting again
+    assert actor["extractions"] == 0 and actor["bank_loads"] == 2
+    second = _check_tables(storage / "smoke")
+    pd.testing.assert_frame_equal(first.sort_values("trial_id").reset_index(drop=True),
+                                  second.sort_values("trial_id").reset_index(drop=True))
+
+
+@pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")
+def test_ray_job_submit(tmp_path) -> None:
+    storage = tmp_path / "jobstore"
+    temp = Path("/tmp") / f"rayjob-{uuid.uuid4().hex[:6]}"
+    port = 6390 + os.getpid() % 200
+    dash = 8270 + os.getpid() % 200
+    start = subprocess.run(
+        ["ray", "start", "--head", "--num-cpus", "2", f"--port={port}",
+         f"--dashboard-port={dash}", "--include-dashboard=true", f"--temp-dir={temp}",
+         "--disable-usage-stats"],
+        env=ENV, capture_output=True, text=True, timeout=180,
+    )
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        job = subprocess.run(
+            ["ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ".",
+             "--", "python", "sweeps/ablation.py", "--preset", "smoke", "--storage",
+             str(storage)],
+            env={**ENV, "RAY_ADDRESS": f"http://127.0.0.1:{dash}"}, capture_output=True,
+            text=True, timeout=900, cwd=REPO,
+        )
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-3000:]
+        _check_tables(storage / "smoke")
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,114 @@
+"""Presets and the study driver's checks: bad input fails before any trial (and before Ray)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from attrsub.errors import ConfigError
+from sweeps.ablation import finetune_jobs, main
+from sweeps.config import PRESETS, from_dict, load_preset
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(PRESETS.read_text())
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_shipped_presets_validate(name: str) -> None:
+    p = load_preset(name)
+    assert p.name == name and set(p.factors) <= {"texture", "geometry", "camera", "lighting"}
+
+
+def test_unknown_preset_lists_valid() -> None:
+    with pytest.raises(ConfigError, match="smoke, quick, paper"):
+        load_preset("nope")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (("factors",), ["texture", "colour"], "colour"),
+        (("downstream", "methods"), ["lora", "adalora"], "adalora"),
+        (("downstream", "tasks"), ["nope"], "unknown task"),
+        (("ablation", "ortho"), ["householder"], "householder"),
+        (("ablation", "extraction"), ["pca"], "pca"),
+        (("ablation", "subsets"), [["texture", "lighting"]], None),
+        (("size",), 30, "patch size"),
+        (("downstream", "rank"), 99, "exceeds"),
+        (("mining", "stepz"), 3, "unknown key"),
+        (("resources", "gpu"), -1, "gpu"),
+        (("extraction", "method"), "pca", "extraction method"),
+    ],
+)
+def test_bad_fields_are_named(raw: dict, path: tuple, value: object, match: str | None) -> None:
+    cfg = copy.deepcopy(raw["smoke"])
+    node = cfg
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    if match is None:
+        from_dict("x", cfg)
+        return
+    with pytest.raises(ConfigError, match=match):
+        from_dict("x", cfg)
+
+
+def test_subset_outside_study_factors_is_refused(raw: dict) -> None:
+    cfg = copy.deepcopy(raw["smoke"])
+    cfg["factors"] = ["texture", "geometry"]
+    cfg["ablation"]["subsets"] = [["camera"]]
+    with pytest.raises(ConfigError, match="camera"):
+        from_dict("x", cfg)
+
+
+def test_jobs_have_unique_ids_and_cover_axes() -> None:
+    jobs = finetune_jobs(load_preset("quick"))
+    ids = [j["trial_id"] for j in jobs]
+    assert len(ids) == len(set(ids))
+    assert {j["axis"] for j in jobs} == {"main", "ranks", "subsets", "ortho", "extraction"}
+    assert all(j["method"] == "reduced" for j in jobs if j["axis"] != "main")
+
+
+def test_driver_rejects_bad_input_before_ray(tmp_path, capsys) -> None:
+    assert main(["--preset", "nope", "--storage", str(tmp_path)]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(["--preset", "smoke", "--storage", str(tmp_path), "--study", "../x"]) == 2
+    assert "plain folder name" in capsys.readouterr().err
+
+
+def test_existing_study_needs_resume(tmp_path, capsys) -> None:
+    from results.schema import trials_schema, write_table
+
+    row = {"trial_id": "a", "study": "smoke", "stage": "mine", "seed": 0, "status": "ok",
+           "code_version": "v"}
+    write_table([row], trials_schema(), tmp_path / "smoke" / "trials.parquet")
+    assert main(["--preset", "smoke", "--storage", str(tmp_path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_rank_wider_than_a_layer_names_the_layer(raw: dict) -> None:
+    cfg = copy.deepcopy(raw["smoke"])
+    cfg["mining"]["rank"] = 4096
+    cfg["extraction"]["rank"] = 4
+    with pytest.raises(ConfigError, match=r"mining.rank = 4096 is larger than layer 'aggregator"):
+        from_dict("x", cfg)
+
+
+def test_unwritable_storage_and_bad_weights_fail_before_ray(tmp_path, capsys) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert main(["--preset", "smoke", "--storage", str(blocked / "sub")]) == 2
+    assert "--storage" in capsys.readouterr().err
+    assert main(["--preset", "paper", "--storage", str(tmp_path)]) == 2
+    assert "--weights" in capsys.readouterr().err
+    assert main(["--preset", "paper", "--storage", str(tmp_path),
+                 "--weights", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    assert main(["--preset", "quick", "--storage", str(tmp_path), "--weights", str(bad)]) == 2
+    assert "bad.safetensors" in capsys.readouterr().err
