@@ -34,7 +34,7 @@ from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
 from attrsub.factors import ALL, FACTORS, FactorSpec, sample_scenes
 from attrsub.fsio import ensure_writable_dir, publish_dir, write_json
-from attrsub.render import render
+from attrsub.render import RENDER_VERSION, render
 from attrsub.scene import SceneSpec
 from attrsub.size import check_size
 
@@ -104,9 +104,10 @@ class DatasetSpec:
 
 
 def dataset_key(scenes: Sequence[SceneSpec], size: int) -> str:
-    """Content hash of what a dataset holds: its scene specs, size and format."""
+    """Content hash of what a dataset holds: its scene specs, size, format and renderer."""
     payload = json.dumps(
-        {"scenes": [s.spec_hash() for s in scenes], "size": size, "format": FORMAT_VERSION},
+        {"scenes": [s.spec_hash() for s in scenes], "size": size, "format": FORMAT_VERSION,
+         "renderer": RENDER_VERSION},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -41,6 +41,7 @@ from attrsub.reduced import (
     random_bases,
     trainable_count,
 )
+from attrsub.train import StepInfo
 
 METHODS = ("none", "full", "lora", "pissa", "psv", "random", "reduced")
 
@@ -146,7 +147,7 @@ def finetune(
     total_rank: int | None = None,
     ortho: str = "qr",
     steps: int = 100,
-    lr: float = 1e-4,
+    lr: float | None = 1e-4,
     seed: int = 0,
     batch_size: int = 2,
     train_scenes: int = 16,
@@ -156,8 +157,15 @@ def finetune(
     cache: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     device: str = "cpu",
+    callback: Callable[[StepInfo], bool | None] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 0,
 ) -> dict[str, Any]:
     """Fine-tune one method on one downstream task (attrsub.tasks); returns the metrics row.
+
+    ``callback`` sees every training step (a sweep reports through it; returning True stops
+    early, and the row then says how many ``steps`` ran); with ``checkpoint_dir`` the
+    training checkpoints every ``checkpoint_every`` steps and a rerun resumes from there.
 
     With ``out``, writes ``metrics.json`` there plus the trained adapter (M matrices for the
     reduced family, the PEFT folder for lora; a PiSSA adapter is tied to the residual base
@@ -173,7 +181,9 @@ def finetune(
     check_method(method)
     the_task = tasks.get_task(task)
     data_size = the_task.check(tasks.TaskSize(train_scenes, eval_scenes, views, size))
-    cfg = TrainConfig(steps=steps, lr=lr, seed=seed, batch_size=batch_size)
+    cfg = None if method == "none" else TrainConfig(
+        steps=steps, lr=lr, seed=seed, batch_size=batch_size, checkpoint_every=checkpoint_every
+    )
     out_dir = ensure_writable_dir(out, "--out") if out is not None else None
     if method == "reduced" and bank is None and basis is None:
         raise ConfigError("method 'reduced' needs --bank FILE")
@@ -186,15 +196,17 @@ def finetune(
     )
     t0 = time.perf_counter()
     final_loss: float | None = None  # None, not NaN: the row stays strict JSON
-    if count > 0:
+    ran = 0
+    if cfg is not None and count > 0:
         data = the_task.train_data(cache, data_size, seed, device=device)
-        final_loss = train(model, data, cfg, device=device, progress=False,
-                           desc=f"{task}/{method}").final_loss
+        result = train(model, data, cfg, device=device, progress=False, callback=callback,
+                       checkpoint_dir=checkpoint_dir, desc=f"{task}/{method}")
+        final_loss, ran = result.final_loss, result.steps
     wall = time.perf_counter() - t0
     row: dict[str, Any] = {
         "task": task, "method": method,
         "factors": list(basis.factors) if basis is not None else list(factors), "rank": rank,
-        "total_rank": total_rank, "ortho": ortho, "steps": steps if count else 0, "lr": lr,
+        "total_rank": total_rank, "ortho": ortho, "steps": ran, "lr": lr if cfg else None,
         "seed": seed, "base": base, "base_hash": b.weights_hash, "trainable_params": count,
         "train_wall_s": wall, "final_loss": final_loss,
         **the_task.evaluate(model, cache, data_size, seed, device),

@@ -1,20 +1,24 @@
 """Batched analytic ray caster for ``SceneSpec``s, in plain torch (same code on CPU and CUDA).
 
 Every pixel of every view of every scene is one ray; the work is vectorized over scenes, rays
-and primitives, with Python loops only over primitive types, lights and ray chunks. Rays are
+and primitives, with Python loops only over primitive types, bumps and ray chunks. Rays are
 traced in groups of TILE x TILE pixels: each group's rays are bounded by a cone, and only the
 (group, primitive) pairs whose bounding sphere meets that cone run the exact intersectors (for
 primary and shadow rays alike), so each ray is tested against the few primitives it can hit;
 the culling is conservative, so hits equal brute force. Ground truth is
 exact by construction: depth, world points and normals come from the very hit that was
 shaded. Spheres, boxes, cylinders and the ground plane are intersected in closed form;
-height fields by ray marching to bracket the first crossing, then safeguarded Newton steps
-(bisection fallback) to float precision, so their points lie on the analytic surface.
+height fields by ray marching to bracket the first crossing (only over the stretch of each
+ray below a per-ray bound on the relief), then safeguarded Newton steps (bisection fallback)
+to float precision, so their points lie on the analytic surface. All lights' shadow rays are
+traced as one batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +31,9 @@ from attrsub.errors import ConfigError
 from attrsub.scene import MAX_BUMPS, TEXTURE_KINDS, Material, SceneSpec
 from attrsub.size import check_size
 
+# Bumped whenever rendered pixels change; part of a cached dataset's key, so a cache made by
+# an older renderer is never mistaken for a fresh render.
+RENDER_VERSION = 2
 OUTPUT_KEYS = (
     "images",
     "albedo",
@@ -40,10 +47,11 @@ OUTPUT_KEYS = (
 GROUND, SPHERE, BOX, CYLINDER, HEIGHTFIELD = range(5)
 _NOISE = TEXTURE_KINDS.index("noise")
 _KIND = {k: i for i, k in enumerate(TEXTURE_KINDS)}
-# Ray-march samples across a height field's bounding box, then refinement steps.
-MARCH_STEPS = 16
+# Ray-march samples across the part of a height field's box below the ray's relief bound
+# (see _clip_to_relief), then refinement steps.
+MARCH_STEPS = 12
 # Shadow rays only gate shading, never ground truth, so they march more coarsely.
-SHADOW_MARCH_STEPS = 8
+SHADOW_MARCH_STEPS = 6
 NEWTON_STEPS = 6
 # Shadow rays start this far (scene units) off the surface to avoid self-hits.
 SHADOW_EPS = 1e-3
@@ -201,7 +209,10 @@ def _pack(specs: list[SceneSpec], device: torch.device, compiled: bool = False) 
         cyl = (a[..., :3], a[..., 3], a[..., 4], a[..., 5].long(), ok)
     if (p := pad(per["hf"], _HF_WIDTH + 1)) is not None:
         a, ok = p
-        hf = (a[..., :_HF_WIDTH], a[..., _HF_WIDTH - 1], a[..., _HF_WIDTH].long(), ok)
+        # Drop bump slots no field of the batch uses (zero bumps add nothing but work).
+        nb = max(len(h.bumps) for hs in specs for h in hs.heightfields)
+        rows = torch.cat([a[..., : 4 + 4 * nb], a[..., 4 + 4 * MAX_BUMPS : _HF_WIDTH]], -1)
+        hf = (rows, a[..., _HF_WIDTH - 1], a[..., _HF_WIDTH].long(), ok)
     m_t, _ = pad(per["mat"], 22)  # type: ignore[misc]
     mat = (
         m_t[..., 0].long(),
@@ -370,24 +381,33 @@ def _shade(
     albedo = _albedo(sc, q, m)
     ks = sc.mat[6].gather(1, m)[..., None]
     shin = sc.mat[7].gather(1, m)[..., None]
-    color = albedo * sc.ambient[:, None, :]
-    origin = p + SHADOW_EPS * n
-    for li in range(sc.light_rgb.shape[1]):
-        point = sc.light_point[:, li, None, None]
-        vec = sc.light_vec[:, li, None, :]
-        to_light = torch.where(point, vec - p, vec)
-        dist = to_light.norm(dim=-1, keepdim=True)
-        ldir = to_light / dist
-        irr = sc.light_rgb[:, li, None, :] * torch.where(point, dist.square().reciprocal(), 1.0)
-        ndl = (n * ldir).sum(-1, keepdim=True)
-        lit = valid & (ndl[..., 0] > 0) & (irr.amax(-1) > 0)
-        tmax = torch.where(point[..., 0], dist[..., 0] - SHADOW_EPS, INF)
-        blocked = _trace(sc, origin, ldir, tmax=tmax, active=lit, cull=cull)
-        vis = (lit & ~blocked)[..., None]
-        half = ldir - d
-        half = half / half.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        spec = ks * (n * half).sum(-1, keepdim=True).clamp_min(0).pow(shin)
-        color = color + vis * irr * (albedo * ndl.clamp_min(0) + spec)
+    # All lights at once: [B,L,N,...], traced as one batch of L x N shadow rays.
+    b_n, n_r = valid.shape
+    l_n = sc.light_rgb.shape[1]
+    point = sc.light_point[:, :, None, None]
+    vec = sc.light_vec[:, :, None, :]
+    to_light = torch.where(point, vec - p[:, None], vec)
+    dist = to_light.norm(dim=-1, keepdim=True)
+    ldir = to_light / dist
+    irr = sc.light_rgb[:, :, None, :] * torch.where(point, dist.square().reciprocal(), 1.0)
+    ndl = (n[:, None] * ldir).sum(-1, keepdim=True)
+    lit = valid[:, None] & (ndl[..., 0] > 0) & (irr.amax(-1) > 0)
+    tmax = torch.where(point[..., 0], dist[..., 0] - SHADOW_EPS, INF)
+    origin = (p + SHADOW_EPS * n)[:, None].expand(b_n, l_n, n_r, 3)
+    blocked = _trace(
+        sc,
+        origin.reshape(b_n, l_n * n_r, 3),
+        ldir.reshape(b_n, l_n * n_r, 3),
+        tmax=tmax.reshape(b_n, l_n * n_r),
+        active=lit.reshape(b_n, l_n * n_r),
+        cull=cull,
+    ).reshape(b_n, l_n, n_r)
+    vis = (lit & ~blocked)[..., None]
+    half = ldir - d[:, None]
+    half = half / half.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    spec = ks[:, None] * (n[:, None] * half).sum(-1, keepdim=True).clamp_min(0).pow(shin[:, None])
+    light = (vis * irr * (albedo[:, None] * ndl.clamp_min(0) + spec)).sum(1)
+    color = albedo * sc.ambient[:, None, :] + light
     rgb = (1 - torch.exp(-color * sc.exposure[:, None, None])).pow(1 / 2.2)
     sky = sc.sky[:, None, :] * (0.8 + 0.2 * d[..., 2:3].clamp(0, 1))
     rgb = torch.where(valid[..., None], rgb, sky).clamp(0, 1)
@@ -420,12 +440,18 @@ def _trace(
     cone = _cone(og, dg, ag) if cull else None
     per_scene = g_n // b_n
     tmin = 0.0
+    prims = _primitives(sc)
+    # One column per (type, index), type-major: a dense [group, column, ray] table of hits
+    # (INF / False where culled) reduces without scatters, and argmin's first-minimum rule
+    # breaks ties towards the lowest (type, index).
+    cols = [0]
+    for _, centre, *_ in prims:
+        cols.append(cols[-1] + centre.shape[1])
     if tmax is None:
-        best_t = torch.full((g_n, group), INF, device=d.device)
-        hits: list[tuple[Tensor, Tensor, Tensor]] = []
+        table = torch.full((g_n, cols[-1], group), INF, device=d.device)
     else:
-        blocked = torch.zeros(g_n, group, device=d.device)
-    for kind, centre, radius, ok, params in _primitives(sc):
+        table = torch.zeros((g_n, cols[-1], group), dtype=torch.bool, device=d.device)
+    for j, (kind, centre, radius, ok, params) in enumerate(prims):
         if cone is None:
             cand = ok.repeat_interleave(per_scene, 0)
         else:
@@ -450,31 +476,33 @@ def _trace(
             # Last type: skip rays something nearer (closest hit) or anything (any-hit) has.
             tgr = t_ground.reshape(g_n, group)
             if tmax is None:
-                cut, act = torch.minimum(best_t, tgr)[gi], None
+                near = table[:, : cols[j]].amin(1) if cols[j] else tgr
+                cut, act = torch.minimum(near, tgr)[gi], None
             else:
-                free = (blocked == 0) & (tgr >= tg)  # type: ignore[operator]
+                free = ~table[:, : cols[j]].any(1) & (tgr >= tg)  # type: ignore[operator]
                 cut, act = None, (free if ag is None else free & ag)[gi]
             h = _heightfields(
-                sc.kernels.height, po, pd, *pp, true, tmin, None if tg is None else tg[gi], act, cut
+                sc.kernels, po, pd, *pp, true, tmin, None if tg is None else tg[gi], act, cut
             )
         h = h[..., 0]
-        if tmax is None:
-            best_t.scatter_reduce_(0, gi[:, None].expand_as(h), h, "amin")
-            hits.append((gi, h, kind * 1024 + mi[:, None].expand_as(h)))
-        else:
-            blocked.index_add_(0, gi, (h < tg[gi]).float())  # type: ignore[index]
+        table[gi, cols[j] + mi] = h if tmax is None else h < tg[gi]  # type: ignore[index]
     if tmax is not None:
-        return _finish(t_ground, (blocked.reshape(b_n, n_r) > 0,), tmax, active)
-    if not hits:
+        return _finish(t_ground, (table.any(1).reshape(b_n, n_r),), tmax, active)
+    if not prims:
         return _finish(t_ground, None, tmax, active)
-    # Ties go to the lowest (type, index), as a min over stacked [type, index] hits would.
-    key = torch.full((g_n, group), 1 << 30, dtype=torch.long, device=d.device)
-    for gi, h, k in hits:
-        won = torch.where(h == best_t[gi], k, 1 << 30)
-        key.scatter_reduce_(0, gi[:, None].expand_as(h), won, "amin")
-    t_obj = best_t.reshape(b_n, n_r)
-    key = torch.where(torch.isfinite(best_t), key, 0).reshape(b_n, n_r)
-    return _finish(t_ground, (t_obj, key // 1024, key % 1024), tmax, active)
+    best_t, col = table.min(1)
+    spans = list(itertools.pairwise(cols))
+    kinds = torch.cat(
+        [
+            torch.full((c1 - c0,), p[0], device=d.device)
+            for p, (c0, c1) in zip(prims, spans, strict=True)
+        ]
+    )
+    index = torch.cat([torch.arange(c1 - c0, device=d.device) for c0, c1 in spans])
+    hit = torch.isfinite(best_t)
+    kind_hit = torch.where(hit, kinds[col], 0).reshape(b_n, n_r)
+    index_hit = torch.where(hit, index[col], 0).reshape(b_n, n_r)
+    return _finish(t_ground, (best_t.reshape(b_n, n_r), kind_hit, index_hit), tmax, active)
 
 
 def _primitives(sc: _Batch) -> list[tuple[int, Tensor, Tensor, Tensor, tuple[Tensor, ...]]]:
@@ -621,8 +649,9 @@ def _height(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Height (and gradient) of height fields ``params`` [M,W] at points x, y [M,S]."""
     cx, cy, hx, hy = (params[:, i, None] for i in range(4))
-    bumps = params[:, 4 : 4 + 4 * MAX_BUMPS].reshape(-1, 1, MAX_BUMPS, 4)
-    rip = params[:, 4 + 4 * MAX_BUMPS : 8 + 4 * MAX_BUMPS]
+    nb = (params.shape[1] - 9) // 4
+    bumps = params[:, 4 : 4 + 4 * nb].reshape(-1, 1, nb, 4)
+    rip = params[:, 4 + 4 * nb : 8 + 4 * nb]
     u = ((x - cx) / hx).clamp(-1, 1)
     v = ((y - cy) / hy).clamp(-1, 1)
     wu, wv = 1 - u * u, 1 - v * v
@@ -644,7 +673,7 @@ def _height(
 
 
 def _heightfields(
-    height: Callable[..., tuple[Tensor, Tensor | None, Tensor | None]],
+    kernels: _Kernels,
     o: Tensor,
     d: Tensor,
     params: Tensor,
@@ -680,17 +709,14 @@ def _heightfields(
     if bi.numel() == 0:
         return out
     ro, rd, pr = o[bi, ni], d[bi, ni], params[bi, hi_]
-    t0, t1_ = tn[bi, ni, hi_], tf[bi, ni, hi_]
-
-    def g(t: Tensor) -> Tensor:
-        x = ro[:, None, 0] + t * rd[:, None, 0]
-        y = ro[:, None, 1] + t * rd[:, None, 1]
-        return ro[:, None, 2] + t * rd[:, None, 2] - height(pr, x, y)[0]
-
+    t0, t1_ = _clip_to_relief(ro, rd, pr, tn[bi, ni, hi_], tf[bi, ni, hi_])
+    keep = (t0 < t1_).nonzero()[:, 0]
+    bi, ni, hi_, ro, rd, pr, t0, t1_ = (x[keep] for x in (bi, ni, hi_, ro, rd, pr, t0, t1_))
     n_steps = MARCH_STEPS if tmax is None else SHADOW_MARCH_STEPS
     steps = torch.linspace(0, 1, n_steps + 1, device=d.device)
-    ts = t0[:, None] + (t1_ - t0)[:, None] * steps
-    gs = g(ts)
+    ts = (t1_ - t0)[:, None] * steps
+    gs = kernels.march(ro, rd, pr, t0, ts)
+    ts = ts + t0[:, None]
     cross = (gs[:, :-1] > 0) & (gs[:, 1:] <= 0)
     has = cross.any(1)
     if tmax is not None:
@@ -708,7 +734,7 @@ def _heightfields(
     for it in range(NEWTON_STEPS):
         x = ro[:, None, 0] + t * rd[:, None, 0]
         y = ro[:, None, 1] + t * rd[:, None, 1]
-        f, fx, fy = height(pr, x, y, grad=True)
+        f, fx, fy = kernels.height(pr, x, y, grad=True)
         gv = ro[:, None, 2] + t * rd[:, None, 2] - f
         above = gv > 0
         a, b = torch.where(above, t, a), torch.where(above, b, t)
@@ -721,62 +747,122 @@ def _heightfields(
     return out
 
 
+def _bumps(pr: Tensor) -> tuple[Tensor, ...]:
+    """Bump columns (a, x, y, 1/(2 sigma^2)) [K,nb] of height-field rows [K,W]."""
+    nb = (pr.shape[1] - 9) // 4
+    b = pr[:, 4 : 4 + 4 * nb].reshape(-1, nb, 4)
+    return b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+
+
+def _clip_to_relief(
+    ro: Tensor, rd: Tensor, pr: Tensor, t0: Tensor, t1: Tensor
+) -> tuple[Tensor, ...]:
+    """Shrink each ray's box segment [t0, t1] [K] to where the ray is below a per-ray bound on
+    the relief: w <= 1, so h <= sum of positive bumps at their nearest approach to the
+    segment's xy path + |ripple|. Above that bound g > 0, so no crossing is lost; the bound has
+    margin over float rounding. Empty segments come back with t0 >= t1 (no crossing)."""
+    a, bx, by, s = _bumps(pr)
+    x0, y0 = ro[:, 0] + t0 * rd[:, 0], ro[:, 1] + t0 * rd[:, 1]
+    sx, sy = (t1 - t0) * rd[:, 0], (t1 - t0) * rd[:, 1]
+    ex, ey = bx - x0[:, None], by - y0[:, None]
+    lam = (ex * sx[:, None] + ey * sy[:, None]) / (sx * sx + sy * sy).clamp_min(1e-30)[:, None]
+    lam = lam.clamp(0, 1)
+    dx, dy = ex - lam * sx[:, None], ey - lam * sy[:, None]
+    bound = (a.clamp_min(0) * torch.exp(-(dx * dx + dy * dy) * s)).sum(1) + pr[
+        :, 4 * a.shape[1] + 4
+    ].abs()
+    bound = bound * 1.001 + 1e-5
+    dz = rd[:, 2]
+    t_at = (bound - ro[:, 2]) / torch.where(dz == 0, 1e-30, dz)
+    t0 = torch.where(dz < 0, torch.maximum(t0, t_at), t0)
+    t1 = torch.where(dz > 0, torch.minimum(t1, t_at), t1)
+    flat_above = (dz == 0) & (ro[:, 2] > bound)
+    return t0, torch.where(flat_above, t0, t1)
+
+
+def _march(ro: Tensor, rd: Tensor, pr: Tensor, t0: Tensor, tau: Tensor) -> Tensor:
+    """g = z - h at t0 + tau [K,S] along rays [K], for bracketing only (the crossing is then
+    refined on the exact ``_height``). Everything is expanded about the segment start, so
+    each Gaussian's exponent is a quadratic in tau and the ripple's phase is linear."""
+    a, bx, by, s = _bumps(pr)
+    cx, cy, hx, hy = pr[:, 0], pr[:, 1], pr[:, 2], pr[:, 3]
+    rip = pr[:, 4 + 4 * a.shape[1] : 8 + 4 * a.shape[1]]
+    dx, dy, dz = rd[:, 0], rd[:, 1], rd[:, 2]
+    x0, y0, z0 = ro[:, 0] + t0 * dx, ro[:, 1] + t0 * dy, ro[:, 2] + t0 * dz
+    u = ((x0 - cx) / hx)[:, None] + tau * (dx / hx)[:, None]
+    v = ((y0 - cy) / hy)[:, None] + tau * (dy / hy)[:, None]
+    u, v = u.clamp(-1, 1), v.clamp(-1, 1)
+    w = ((1 - u * u) * (1 - v * v)).square()
+    phase0 = rip[:, 1] * x0 + rip[:, 2] * y0 + rip[:, 3]
+    hgt = rip[:, 0, None] * torch.sin(
+        phase0[:, None] + tau * (rip[:, 1] * dx + rip[:, 2] * dy)[:, None]
+    )
+    ex, ey = x0[:, None] - bx, y0[:, None] - by
+    q2 = -(dx * dx + dy * dy)[:, None] * s
+    q1 = -2 * (ex * dx[:, None] + ey * dy[:, None]) * s
+    q0 = -(ex * ex + ey * ey) * s
+    for k in range(a.shape[1]):
+        e = (q2[:, k, None] * tau + q1[:, k, None]) * tau + q0[:, k, None]
+        hgt = hgt + a[:, k, None] * torch.exp(e)
+    return z0[:, None] + tau * dz[:, None] - w * hgt
+
+
 def _surface(
     sc: _Batch, o: Tensor, d: Tensor, t: Tensor, kind: Tensor, idx: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per hit: refined t, point, unit normal, texture coordinate (local frame), material."""
-    p = o + t[..., None] * d
-    n = torch.zeros_like(p)
+    t = t.clone()
+    n = torch.zeros_like(o)
     n[..., 2] = 1.0
-    q = p.clone()
     m = torch.zeros_like(idx)
-
-    def take(x: Tensor) -> Tensor:
-        i = idx.clamp_max(x.shape[1] - 1)
-        if x.dim() == 2:
-            return x.gather(1, i)
-        flat = x.reshape(x.shape[0], x.shape[1], -1)
-        g = flat.gather(1, i[..., None].expand(-1, -1, flat.shape[-1]))
-        return g.reshape(*i.shape, *x.shape[2:])
-
+    # Each type's formulas run on its own hits only (gathered, then written back).
     if sc.sph is not None:
         c, r, mat, _ = sc.sph
-        sel = (kind == SPHERE)[..., None]
-        cc, rr = take(c), take(r)
-        oc = o - cc
-        b = (oc * d).sum(-1)
-        disc = (b * b - ((oc * oc).sum(-1) - rr * rr)).clamp_min(0)
-        t = torch.where(sel[..., 0], -b - disc.sqrt(), t)  # exact re-solve for the shaded ray
-        p = o + t[..., None] * d
-        n = torch.where(sel, (p - cc) / rr[..., None], n)
-        q = torch.where(sel, p - cc, q)
-        m = torch.where(sel[..., 0], take(mat), m)
+        bi, ri = (kind == SPHERE).nonzero(as_tuple=True)
+        if bi.numel():
+            oo, dd, j = o[bi, ri], d[bi, ri], idx[bi, ri]
+            cc, rr = c[bi, j], r[bi, j]
+            oc = oo - cc
+            b = (oc * dd).sum(-1)
+            disc = (b * b - ((oc * oc).sum(-1) - rr * rr)).clamp_min(0)
+            t[bi, ri] = -b - disc.sqrt()  # exact re-solve for the shaded ray
+            m[bi, ri] = mat[bi, j]
+    p = o + t[..., None] * d
+    q = p.clone()
+    if sc.sph is not None and bi.numel():
+        loc = p[bi, ri] - cc
+        n[bi, ri] = loc / rr[..., None]
+        q[bi, ri] = loc
     if sc.box is not None:
         c, rot, half, mat, _ = sc.box
-        sel = (kind == BOX)[..., None]
-        rr = take(rot)
-        loc = ((p - take(c))[..., :, None] * rr).sum(-2)
-        ratio = loc / take(half)
-        face = ratio.abs().argmax(-1, keepdim=True)
-        nl = torch.zeros_like(loc).scatter(-1, face, ratio.gather(-1, face).sign())
-        n = torch.where(sel, (rr * nl[..., None, :]).sum(-1), n)
-        q = torch.where(sel, loc, q)
-        m = torch.where(sel[..., 0], take(mat), m)
+        bi, ri = (kind == BOX).nonzero(as_tuple=True)
+        if bi.numel():
+            j = idx[bi, ri]
+            rr = rot[bi, j]
+            loc = ((p[bi, ri] - c[bi, j])[..., :, None] * rr).sum(-2)
+            ratio = loc / half[bi, j]
+            face = ratio.abs().argmax(-1, keepdim=True)
+            nl = torch.zeros_like(loc).scatter(-1, face, ratio.gather(-1, face).sign())
+            n[bi, ri] = (rr * nl[..., None, :]).sum(-1)
+            q[bi, ri] = loc
+            m[bi, ri] = mat[bi, j]
     if sc.cyl is not None:
         c, r, hh, mat, _ = sc.cyl
-        sel = (kind == CYLINDER)[..., None]
-        loc = p - take(c)
-        rr, hz = take(r), take(hh)
-        rad = loc[..., :2].norm(dim=-1)
-        on_cap = (loc[..., 2].abs() / hz) > (rad / rr)
-        side_n = torch.cat(
-            [loc[..., :2] / rad.clamp_min(1e-12)[..., None], torch.zeros_like(rad)[..., None]], -1
-        )
-        cap_n = torch.zeros_like(loc)
-        cap_n[..., 2] = loc[..., 2].sign()
-        n = torch.where(sel, torch.where(on_cap[..., None], cap_n, side_n), n)
-        q = torch.where(sel, loc, q)
-        m = torch.where(sel[..., 0], take(mat), m)
+        bi, ri = (kind == CYLINDER).nonzero(as_tuple=True)
+        if bi.numel():
+            j = idx[bi, ri]
+            loc = p[bi, ri] - c[bi, j]
+            rad = loc[..., :2].norm(dim=-1)
+            on_cap = (loc[..., 2].abs() / hh[bi, j]) > (rad / r[bi, j])
+            side_n = torch.cat(
+                [loc[..., :2] / rad.clamp_min(1e-12)[..., None], torch.zeros_like(rad)[..., None]],
+                -1,
+            )
+            cap_n = torch.zeros_like(loc)
+            cap_n[..., 2] = loc[..., 2].sign()
+            n[bi, ri] = torch.where(on_cap[..., None], cap_n, side_n)
+            q[bi, ri] = loc
+            m[bi, ri] = mat[bi, j]
     if sc.hf is not None:
         params, _, mat, _ = sc.hf
         bi, ri = (kind == HEIGHTFIELD).nonzero(as_tuple=True)
@@ -808,15 +894,16 @@ def _albedo(sc: _Batch, q: Tensor, m: Tensor) -> Tensor:
     seed = seed_t.gather(1, m)
     x = q * freq
     cell = torch.floor(x).long()
-    checker = cell.sum(-1) % 2
-    stripes = (
-        torch.floor((x * dir_t.gather(1, m[..., None].expand(-1, -1, 3))).sum(-1)).long() % npal
-    )
-    patch = _hash(cell[..., 0], cell[..., 1], cell[..., 2], seed) % npal
     index = torch.zeros_like(kind)
-    index = torch.where(kind == _KIND["checker"], checker, index)
-    index = torch.where(kind == _KIND["stripes"], stripes, index)
-    index = torch.where(kind == _KIND["patchwork"], patch, index)
+    # Lattice indices only for the kinds this batch's material table has at all.
+    if bool((kind_t == _KIND["checker"]).any()):
+        index = torch.where(kind == _KIND["checker"], cell.sum(-1) % 2, index)
+    if bool((kind_t == _KIND["stripes"]).any()):
+        band = (x * dir_t.gather(1, m[..., None].expand(-1, -1, 3))).sum(-1)
+        index = torch.where(kind == _KIND["stripes"], torch.floor(band).long() % npal, index)
+    if bool((kind_t == _KIND["patchwork"]).any()):
+        patch = _hash(cell[..., 0], cell[..., 1], cell[..., 2], seed) % npal
+        index = torch.where(kind == _KIND["patchwork"], patch, index)
     b_n, n_r = m.shape
     pal = (
         pal_t.reshape(b_n, -1, 12)
@@ -827,7 +914,8 @@ def _albedo(sc: _Batch, q: Tensor, m: Tensor) -> Tensor:
     sel = kind == _NOISE
     if bool(sel.any()):
         xs, ps, ns, ss = x[sel], pal[sel], npal[sel], seed[sel]
-        value = _value_noise(xs, ss) * 0.65 + _value_noise(2.03 * xs, ss + 1) * 0.35
+        noise = sc.kernels.noise
+        value = noise(xs, ss) * 0.65 + noise(2.03 * xs, ss + 1) * 0.35
         pos = value * (ns - 1)
         lo = pos.floor().long().clamp(0, 2)
         frac = (pos - lo)[:, None]
@@ -838,23 +926,32 @@ def _albedo(sc: _Batch, q: Tensor, m: Tensor) -> Tensor:
 
 
 def _value_noise(x: Tensor, seed: Tensor) -> Tensor:
-    """Trilinear value noise in [0, 1] with a smoothstep fade."""
+    """Trilinear value noise in [0, 1] with a smoothstep fade.
+
+    Same values as hashing each corner with ``_hash``: xor is bitwise, so its lattice terms
+    are formed once per axis and shared by the eight corners."""
     cell = torch.floor(x)
     f = x - cell
     f = f * f * (3 - 2 * f)
     c = cell.long()
+    mask = 0xFFFFFFFF
+    hx = (c[:, 0] * 73856093, (c[:, 0] + 1) * 73856093)
+    hy = (c[:, 1] * 19349663, (c[:, 1] + 1) * 19349663)
+    sd = seed * 2654435761
+    hz = ((c[:, 2] * 83492791) ^ sd, ((c[:, 2] + 1) * 83492791) ^ sd)
     out = torch.zeros_like(f[..., 0])
     for dx in (0, 1):
         for dy in (0, 1):
+            hxy = hx[dx] ^ hy[dy]
             for dz in (0, 1):
-                h = (
-                    _hash(c[..., 0] + dx, c[..., 1] + dy, c[..., 2] + dz, seed).float()
-                    / 4294967296.0
-                )
+                h = (hxy ^ hz[dz]) & mask
+                h = (((h >> 16) ^ h) * 0x45D9F3B) & mask
+                h = (((h >> 16) ^ h) * 0x45D9F3B) & mask
+                v = ((h >> 16) ^ h).float() / 4294967296.0
                 wx = f[..., 0] if dx else 1 - f[..., 0]
                 wy = f[..., 1] if dy else 1 - f[..., 1]
                 wz = f[..., 2] if dz else 1 - f[..., 2]
-                out = out + h * wx * wy * wz
+                out = out + v * wx * wy * wz
     return out
 
 
@@ -866,15 +963,17 @@ class _Kernels:
     spheres: Callable[..., Tensor]
     boxes: Callable[..., Tensor]
     cylinders: Callable[..., Tensor]
+    march: Callable[..., Tensor]
+    noise: Callable[..., Tensor]
 
 
-_EAGER = _Kernels(_height, _spheres, _boxes, _cylinders)
+_EAGER = _Kernels(_height, _spheres, _boxes, _cylinders, _march, _value_noise)
 
 
 @functools.cache
 def _compiled_kernels() -> _Kernels:
     fuse = functools.partial(torch.compile, dynamic=True)
-    return _Kernels(fuse(_height), fuse(_spheres), fuse(_boxes), fuse(_cylinders))
+    return _Kernels(*(fuse(getattr(_EAGER, f.name)) for f in dataclasses.fields(_Kernels)))
 
 
 def _kernels(compiled: bool) -> _Kernels:

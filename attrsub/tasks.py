@@ -737,13 +737,13 @@ TASKS: dict[str, Task] = {
     "print_attack": PrintAttackTask(
         name="print_attack",
         description="micro-baseline anti-spoofing: flat prints vs live 3D objects, +-5 deg",
-        main_metric="test/pc_acc",
+        main_metric="test/depth_absrel",
     ),
     "cross_domain": CrossDomainTask(
         name="cross_domain",
         description="train on boxes+cylinders/checker+stripes, test on spheres+height "
         "fields/noise+patchwork under coloured lights (THuman -> 2K2K)",
-        main_metric="cross_domain/pc_acc",
+        main_metric="cross_domain/depth_absrel",
     ),
 }
 

@@ -56,7 +56,7 @@ def _serial(preset: Any, jobs: list[dict[str, Any]], bank_path: Path, cache: Pat
         finetune(
             j["task"], j["method"], base=preset.model, random_init=preset.random_init,
             basis=basis, rank=j["rank"] or preset.rank, ortho=j["ortho"] or "qr",
-            steps=preset.steps, lr=preset.lr, seed=j["seed"], batch_size=preset.batch_size,
+            steps=preset.steps, lr=j["lr"], seed=j["seed"], batch_size=preset.batch_size,
             train_scenes=preset.scenes["train"], eval_scenes=preset.scenes["eval"],
             views=preset.views, size=preset.size, cache=cache,
         )
@@ -92,7 +92,9 @@ def main() -> None:
     from sweeps.mine import run_mining
     from sweeps.runtime import code_version, init_ray, study_paths
 
-    preset = dataclasses.replace(load_preset(args.preset), cpu=1.0, gpu=0.0)
+    one_cpu = {"cpu": 1.0, "gpu": 0.0}
+    preset = dataclasses.replace(load_preset(args.preset),
+                                 resources={"mine": one_cpu, "finetune": one_cpu})
     jobs = finetune_jobs(preset)[: args.trials]
     root = Path(tempfile.mkdtemp(prefix="attrsub-bench-sweep-"))
     paths = study_paths(root, "bench", None)

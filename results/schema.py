@@ -1,10 +1,12 @@
 """Typed, flat schemas of a study's Parquet tables, and atomic writers for them.
 
-Three tables per study folder (see results/README.md for every column):
+The tables of a study folder (see results/README.md for every column):
 
 - ``trials.parquet``: one row per trial (mining and fine-tuning), keyed by ``trial_id``;
 - ``overlaps.parquet``: one row per (extraction, layer, attribute pair);
-- ``spectra.parquet``: one row per (extraction, layer, attribute, singular value index).
+- ``spectra.parquet``: one row per (extraction, layer, attribute, singular value index);
+- ``pareto.parquet`` (written by ``sweeps/search.py``): one row per Pareto-optimal trial of
+  a multi-objective search, task error versus trainable parameters.
 
 The trials schema has fixed columns plus one float64 column per metric a task reports
 (``"test/pc_acc"`` -> ``test__pc_acc``), so it is built from the rows. Writes go to a
@@ -30,7 +32,7 @@ from attrsub.fsio import atomic_path
 
 ATTRIBUTES = ("texture", "geometry", "camera", "lighting")
 STATUSES = ("ok", "failed", "stopped")
-STAGES = ("mine", "finetune")
+STAGES = ("mine", "finetune", "search")
 
 _TRIAL_FIELDS: list[pa.Field] = [
     pa.field("trial_id", pa.string(), nullable=False),
@@ -82,6 +84,28 @@ OVERLAPS_SCHEMA = pa.schema([
     pa.field("d_out", pa.int64()),
     pa.field("d_in", pa.int64()),
     *(pa.field(m, pa.float64()) for m in _MEASURES),
+])
+
+PARETO_SCHEMA = pa.schema([
+    pa.field("study", pa.string(), nullable=False),
+    pa.field("optuna_study", pa.string(), nullable=False),
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("optuna_trial", pa.int64(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("objectives", pa.string(), nullable=False),
+    pa.field("main", pa.float64(), nullable=False),
+    pa.field("trainable_params", pa.int64(), nullable=False),
+    pa.field("lr", pa.float64()),
+    pa.field("steps", pa.int64()),
+    pa.field("rank", pa.int64()),
+    *(pa.field(f"rank_{a}", pa.int64()) for a in ATTRIBUTES),
+    pa.field("factors", pa.string()),
+    pa.field("total_rank", pa.int64()),
+    pa.field("ortho", pa.string()),
+    pa.field("extraction", pa.string()),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
 ])
 
 SPECTRA_SCHEMA = pa.schema([

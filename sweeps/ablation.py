@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attrsub.errors import AttrsubError
+from attrsub.fsio import write_json
+from attrsub.train import StepInfo
 from results.schema import (
     OVERLAPS_SCHEMA,
     SPECTRA_SCHEMA,
@@ -36,7 +41,15 @@ from results.schema import (
     write_table,
 )
 from sweeps.config import Preset
-from sweeps.runtime import StudyPaths, init_ray, open_study, progress, recorder, study_parser
+from sweeps.runtime import (
+    StudyPaths,
+    init_ray,
+    is_uri,
+    open_study,
+    progress,
+    recorder,
+    study_parser,
+)
 
 _ROW_KEYS = {"task", "method", "factors", "rank", "total_rank", "ortho", "steps", "lr", "seed",
              "base", "base_hash", "trainable_params", "train_wall_s", "final_loss", "main"}
@@ -71,6 +84,7 @@ def finetune_jobs(preset: Preset) -> list[dict[str, Any]]:
                 j["rank"] = None
             elif j["method"] in ("psv", "random"):
                 j["rank"] = preset.rank * len(all_f)  # the reduced default's budget, D x D
+        j["lr"] = preset.lr.get(j["method"])  # None for the zero-shot row
         j["trial_id"] = _trial_id(j)
     return jobs
 
@@ -96,6 +110,18 @@ def finetune_trial(config: dict[str, Any]) -> None:
     torch.manual_seed(0)
     j, p = config["job"], config["params"]
     t0 = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="attrsub-ft-"))
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a retried trial resumes its training
+        restored.to_directory(str(scratch))
+    every = p["report_every"]
+
+    def report(info: StepInfo) -> None:
+        if info.step % every and info.step != info.steps:
+            return
+        ckpt = tune.Checkpoint.from_directory(str(scratch)) if info.checkpoint else None
+        tune.report({"step": info.step, "loss": info.loss}, checkpoint=ckpt)
+
     try:
         basis = None
         if j["method"] == "reduced":
@@ -107,14 +133,17 @@ def finetune_trial(config: dict[str, Any]) -> None:
             j["task"], j["method"], base=p["model"], weights=p["weights"],
             random_init=p["random_init"], basis=basis,
             factors=j["factors"], rank=j["rank"] or p["rank"], ortho=j["ortho"] or "qr",
-            steps=p["steps"], lr=p["lr"], seed=j["seed"], batch_size=p["batch_size"],
+            steps=p["steps"], lr=j["lr"], seed=j["seed"], batch_size=p["batch_size"],
             train_scenes=p["train"], eval_scenes=p["eval"], views=p["views"], size=p["size"],
-            cache=config["cache"],
+            cache=config["cache"], callback=report, checkpoint_dir=scratch,
+            checkpoint_every=every,
         )
-    except AttrsubError as exc:
+    except AttrsubError as exc:  # bad input or a diverged run: recorded, not retried
         tune.report({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
                      "trial_wall_s": time.perf_counter() - t0})
         return
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     out = {metric_column(k): float(v) for k, v in row.items()
            if k not in _ROW_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     out.update(
@@ -138,13 +167,13 @@ def run_finetune(
     if not jobs:
         return []
     params = {"model": preset.model, "weights": weights, "random_init": preset.random_init,
-              "steps": preset.steps,
-              "lr": preset.lr, "rank": preset.rank, "batch_size": preset.batch_size,
+              "steps": preset.steps, "report_every": preset.report_every,
+              "rank": preset.rank, "batch_size": preset.batch_size,
               "views": preset.views, "size": preset.size, **preset.scenes}
     tuner = tune.Tuner(
-        tune.with_resources(finetune_trial, {"cpu": preset.cpu, "gpu": preset.gpu}),
+        tune.with_resources(finetune_trial, preset.resources["finetune"]),
         param_space={"job": tune.grid_search(jobs), "params": params, "study": study,
-                     "cache": str(paths.cache), "cpu": preset.cpu},
+                     "cache": str(paths.cache), "cpu": preset.resources["finetune"]["cpu"]},
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{study}-ablation", storage_path=paths.storage,
@@ -179,19 +208,20 @@ def finetune_row(
         "trial_id": job["trial_id"], "study": study, "stage": "finetune", "axis": job["axis"],
         "task": job["task"], "method": job["method"], "factors": "+".join(job["factors"]),
         "rank": job["rank"], "ortho": job["ortho"], "extraction": job["extraction"],
-        "seed": job["seed"], "lr": preset.lr, "wall_s": m.get("trial_wall_s"),
+        "seed": job["seed"], "lr": job["lr"], "wall_s": m.get("trial_wall_s"),
         "status": status, "error": message or None, "base": preset.model,
         "code_version": version,
         **{f"rank_{a}": job["rank"] for a in job["factors"]},
     }
     row.update({k: v for k, v in m.items() if k not in _TUNE_KEYS})
+    row["steps"] = m.get("steps", m.get("step"))  # a trial that died reports how far it got
     return row
 
 
 _TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id",
               "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip",
               "time_since_restore", "iterations_since_restore", "config", "status", "error",
-              "trial_wall_s", "experiment_tag"}
+              "trial_wall_s", "experiment_tag", "step", "loss"}
 
 
 def _mean_ci(vals: list[float]) -> tuple[float, float]:
@@ -260,34 +290,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         study, paths.local, list(preset.factors), preset.groups * len(preset.adapter_seeds),
         preset.extraction,
     )
-    main_ext = preset.extraction.method
-    if not (paths.local / "banks" / f"bank-{main_ext}.safetensors").is_file():
-        upsert_table(run_mining(preset, study, paths, version, weights), trials_path,
+    try:
+        main_ext = preset.extraction.method
+        if not ray.get(handle.has_bank.remote(main_ext)):
+            upsert_table(run_mining(preset, study, paths, version, weights), trials_path,
+                         trials_schema)
+        done = {r["trial_id"] for r in read_table(trials_path) if r["status"] == "ok"}
+        todo = [j for j in jobs if j["trial_id"] not in done]
+        missing = ray.get(handle.missing.remote())
+        if missing:
+            print(f"ablation: mining incomplete ({missing}); reduced trials will fail",
+                  file=sys.stderr)
+        else:
+            ray.get(handle.bank_path.remote(main_ext))
+        upsert_table(run_finetune(preset, study, paths, version, todo, weights), trials_path,
                      trials_schema)
-    done = {r["trial_id"] for r in read_table(trials_path) if r["status"] == "ok"}
-    todo = [j for j in jobs if j["trial_id"] not in done]
-    missing = ray.get(handle.missing.remote())
-    if missing:
-        print(f"ablation: mining incomplete ({missing}); reduced trials will fail",
-              file=sys.stderr)
-    else:
-        ray.get(handle.bank_path.remote(main_ext))
-    upsert_table(run_finetune(preset, study, paths, version, todo, weights), trials_path,
-                 trials_schema)
-    overlaps, spectra = [], []
-    if not missing:
-        for ext in dict.fromkeys([main_ext, *preset.ablation_extraction]):
-            rows = ray.get(handle.analysis.remote(ext, study, version, preset.adapter_seeds[0]))
-            overlaps += rows["overlaps"]
-            spectra += rows["spectra"]
-    write_table(overlaps, OVERLAPS_SCHEMA, paths.table("overlaps"))
-    write_table(spectra, SPECTRA_SCHEMA, paths.table("spectra"))
-    actor_stats = ray.get(handle.stats.remote())
-    ray.kill(handle)
+        overlaps, spectra = [], []
+        if not missing:
+            for ext in dict.fromkeys([main_ext, *preset.ablation_extraction]):
+                rows = ray.get(handle.analysis.remote(ext, study, version, preset.adapter_seeds[0]))
+                overlaps += rows["overlaps"]
+                spectra += rows["spectra"]
+        write_table(overlaps, OVERLAPS_SCHEMA, paths.table("overlaps"))
+        write_table(spectra, SPECTRA_SCHEMA, paths.table("spectra"))
+        actor_stats = ray.get(handle.stats.remote())
+    finally:
+        ray.kill(handle)  # its state is on disk; a resumed study recreates it
+    wall = time.perf_counter() - t0
+    write_json(paths.local / "study.json", {
+        "study": study, "preset": preset.name, "seeds": list(preset.seeds),
+        "adapter_seeds": list(preset.adapter_seeds), "wall_s": wall,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "storage": paths.storage, "command": " ".join(sys.argv), "code_version": version,
+    })
+    report = None
+    if not is_uri(paths.tables):  # the report reads local tables
+        from results.report import write_report
+
+        report = str(write_report(paths.local, preset=preset.name, wall_s=wall))
     return {
         "study": study, "tables": {n: paths.table(n) for n in ("trials", "overlaps", "spectra")},
-        "rows": read_table(trials_path), "actor": actor_stats,
-        "wall_s": time.perf_counter() - t0,
+        "rows": read_table(trials_path), "actor": actor_stats, "wall_s": wall, "report": report,
     }
 
 
@@ -303,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"subspace actor: {json.dumps(out['actor'], sort_keys=True)}")
     for name, path in out["tables"].items():
         print(f"{name}: {path}")
+    print(f"report: {out['report'] or 'run python -m results.report on a local copy'}")
     return 0
 
 

@@ -2,15 +2,17 @@
 
 The driver creates it (``get_or_create``) as a named, detached actor with no CPUs, so it
 outlives any trial's placement group; trials find it with ``ray.get_actor``. Mining trials
-hand it finished adapters (``add_adapter``); as soon as a factor's adapters are complete it
-extracts that factor's subspaces with the study's main extraction method, while the other
-factors are still training. Fine-tuning trials ask for a ``BasisSet`` by key (factors,
-ranks, orthogonalisation, extraction): the actor integrates it once, ``ray.put``s it, and
-hands every later caller the same object-store reference. It is a sync actor, so Ray runs
-its calls one at a time: however many trials ask for one key at once, the first call does
-the work and every later call is a cache hit. Complete banks are persisted in the study
-folder (``banks/bank-<extraction>.safetensors``) and adapters are rediscovered from its
-``adapters`` folder, so a restarted actor or a resumed study picks them up.
+send it finished adapters' files through Ray (``add_adapter``), so the study's adapters and
+banks live on the actor's node and worker nodes need no shared disk. As soon as a factor's
+adapters are complete the actor extracts that factor's subspaces with the study's main
+extraction method, while the other factors are still training. Fine-tuning trials ask for
+a ``BasisSet`` by key (factors, ranks, orthogonalisation, extraction): the actor integrates
+it once, ``ray.put``s it, and hands every later caller the same object-store reference.
+It is a sync actor, so Ray runs its calls one at a time: however many trials ask for one
+key at once, the first call does the work and every later call is a cache hit. Complete
+banks are persisted in the study folder (``banks/bank-<extraction>.safetensors``) and
+adapters are rediscovered from its ``adapters`` folder, so a restarted actor or a resumed
+study picks them up.
 """
 
 from __future__ import annotations
@@ -53,24 +55,55 @@ class SubspaceActor:
         if self.adapters_dir.is_dir():
             for d in sorted(self.adapters_dir.iterdir()):
                 if (d / "attrsub-adapter.json").is_file():
-                    self.add_adapter(str(d))
+                    self._register(d)
 
-    def add_adapter(self, path: str) -> int:
-        """Record a finished adapter folder; returns how many its factor now has.
-
-        Completing a factor extracts it at once with the main extraction method (unless a
-        persisted bank already holds it).
-        """
+    def _register(self, folder: Path) -> dict[str, Any]:
+        """Count a complete adapter folder; completing a factor extracts it at once with the
+        main extraction method (unless a persisted bank already holds it)."""
         from attrsub.lora import read_sidecar
 
-        factor = read_sidecar(Path(path))["factor"]
+        meta = read_sidecar(folder)
+        factor = meta["factor"]
         if factor not in self.adapters:
-            raise ValueError(f"adapter {path!r} is of factor {factor!r}, not in {self.factors}")
-        self.adapters[factor].add(os.fspath(path))
+            raise ValueError(f"adapter {folder.name!r} is of factor {factor!r}, not in "
+                             f"{self.factors}")
+        self.adapters[factor].add(os.fspath(folder))
         main = self.extract["method"]
         if len(self.adapters[factor]) == self.expected and not self._bank_file(main).is_file():
             self._extract_factor(main, factor)
-        return len(self.adapters[factor])
+        return meta
+
+    def adapter_meta(self, name: str) -> dict[str, Any] | None:
+        """The sidecar of adapter ``name`` when the study already holds it, else None."""
+        from attrsub.lora import read_sidecar
+
+        folder = self.adapters_dir / name
+        held = any(os.fspath(folder) in a for a in self.adapters.values())
+        return read_sidecar(folder) if held else None
+
+    def add_adapter(self, name: str, files: dict[str, bytes]) -> dict[str, Any]:
+        """Store a finished adapter (its files, sent by the trial that trained it) and count
+        it; returns its sidecar. The folder appears complete or not at all."""
+        from attrsub.fsio import publish_dir
+        from attrsub.lora import read_updates
+
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"adapter name {name!r} must be a plain folder name")
+        bad = [f for f in files if f.startswith("/") or ".." in Path(f).parts]
+        if bad:
+            raise ValueError(f"adapter {name!r} has files outside its folder: {bad}")
+
+        def fill(tmp: Path) -> None:
+            for rel, data in files.items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(data)
+            read_updates(tmp)  # a corrupt adapter fails its trial here, not the extraction
+
+        return self._register(publish_dir(self.adapters_dir / name, fill))
+
+    def has_bank(self, extraction: str) -> bool:
+        """Whether this study's bank for ``extraction`` is persisted (stage 1 can be skipped)."""
+        return self._bank_file(extraction).is_file()
 
     def missing(self) -> dict[str, int]:
         """Adapters still missing per factor (empty when every factor is complete)."""
@@ -185,6 +218,9 @@ def get_or_create(
         get_if_exists=True,
         num_cpus=0,
         scheduling_strategy="DEFAULT",
+        # a crashed actor restarts from the study folder; its calls are idempotent
+        max_restarts=3,
+        max_task_retries=3,
     )
     cfg = dataclasses.asdict(extract) if dataclasses.is_dataclass(extract) else dict(extract)
     return remote.remote(str(study_dir), list(factors), adapters_per_factor, cfg)

@@ -6,6 +6,7 @@ checked here, so a typo costs milliseconds instead of a cluster's worth of faile
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,42 @@ _KEYS = {
 }
 _SCENES = {"mine", "train", "eval"}
 _MINING = {"steps", "rank", "lr", "batch_size", "report_every"}
-_DOWN = {"tasks", "methods", "seeds", "steps", "lr", "rank", "batch_size"}
+_DOWN = {"tasks", "methods", "seeds", "steps", "lr", "rank", "batch_size", "report_every"}
 _ABLATION = {"ranks", "subsets", "ortho", "extraction"}
+_STAGES = {"mine", "finetune"}
 _RESOURCES = {"cpu", "gpu"}
+_SEARCH = {"sampler", "trials", "startup_trials", "concurrency", "asha", "space"}
+_ASHA = {"grace_period", "reduction_factor"}
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One searched parameter: a numeric range (``low``..``high``, log-scaled when ``log``)
+    or, for names such as ``ortho``, a list of ``choices``."""
+
+    name: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """``float`` (lr), ``int`` (steps, ranks) or ``categorical``."""
+        return "categorical" if self.choices else "float" if self.name == "lr" else "int"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The preset's ``search:`` section: the sampler, budget, ASHA and one space per method."""
+
+    sampler: str
+    trials: int
+    startup_trials: int
+    concurrency: int
+    asha: dict[str, float] | None  # {"grace_period", "reduction_factor"}; None: no ASHA
+    space: dict[str, tuple[SearchParam, ...]]  # method -> its searched parameters
 
 
 @dataclass(frozen=True)
@@ -55,15 +89,16 @@ class Preset:
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
     steps: int
-    lr: float
+    lr: dict[str, float]  # method -> learning rate (every method but none)
     rank: int
     batch_size: int
+    report_every: int
     ablation_ranks: tuple[int, ...]
     ablation_subsets: tuple[tuple[str, ...], ...]
     ablation_ortho: tuple[str, ...]
     ablation_extraction: tuple[str, ...]
-    cpu: float
-    gpu: float
+    resources: dict[str, dict[str, float]]  # stage ("mine", "finetune") -> {"cpu", "gpu"}
+    search: SearchConfig | None = None  # the optional ``search:`` section (sweeps/search.py)
 
     def task_size(self) -> TaskSize:
         return TaskSize(self.scenes["train"], self.scenes["eval"], self.views, self.size)
@@ -116,12 +151,26 @@ def _pos_float(v: Any, what: str) -> float:
     return float(v)
 
 
+def _lrs(v: Any, methods: tuple[str, ...], what: str) -> dict[str, float]:
+    """One learning rate for every method, or a mapping method -> rate (``default`` for the
+    rest): low-rank methods need far larger rates than full fine-tuning to move at all."""
+    if not isinstance(v, dict):
+        rate = _pos_float(v, what)
+        return {m: rate for m in methods if m != "none"}
+    _no_unknown(v, {*METHODS, "default"}, what)
+    trained = [m for m in methods if m != "none"]  # zero-shot has no rate
+    missing = [m for m in trained if m not in v and "default" not in v]
+    if missing:
+        raise ConfigError(f"{what} has no rate for method(s) {missing} and no 'default'")
+    return {m: _pos_float(v.get(m, v.get("default")), f"{what}.{m}") for m in trained}
+
+
 def from_dict(name: str, raw: Any) -> Preset:
     """Validate one preset's mapping; ConfigError names the first bad field."""
     where = f"preset {name!r}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping")
-    _no_unknown(raw, _KEYS, where)
+    _no_unknown(raw, _KEYS | {"search"}, where)
     missing = sorted(_KEYS - set(raw))
     if missing:
         raise ConfigError(f"{where} lacks {missing}")
@@ -144,8 +193,21 @@ def from_dict(name: str, raw: Any) -> Preset:
         raise ConfigError(f"{where}.extraction: {exc}") from exc
     down = _section(raw, "downstream", _DOWN, where)
     abl = _section(raw, "ablation", _ABLATION, where)
-    res = _section(raw, "resources", _RESOURCES, where)
+    res = _section(raw, "resources", _STAGES, where)
+    resources = {}
+    for stage in sorted(_STAGES):
+        r = _section(res, stage, _RESOURCES, f"{where}.resources")
+        _pos_float(r["cpu"], f"{where}.resources.{stage}.cpu")
+        gpu = r["gpu"]
+        if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or gpu < 0:
+            raise ConfigError(f"{where}.resources.{stage}.gpu must be >= 0, got {gpu!r}")
+        if gpu > 1 and gpu != int(gpu):
+            raise ConfigError(
+                f"{where}.resources.{stage}.gpu {gpu!r}: above 1 a trial needs whole GPUs"
+            )
+        resources[stage] = {"cpu": float(r["cpu"]), "gpu": float(gpu)}
     factors = _names(raw["factors"], FACTORS, f"{where} factor(s)")
+    methods = _names(down["methods"], METHODS, f"{where} method(s)")
     if not isinstance(down["tasks"], list) or not down["tasks"]:
         raise ConfigError(f"{where}.downstream.tasks must be a non-empty list of task names")
     tasks = tuple(get_task(t).name for t in down["tasks"])
@@ -168,10 +230,6 @@ def from_dict(name: str, raw: Any) -> Preset:
         raise ConfigError(
             f"{where}: ablation ranks {ranks} exceed extraction rank {extraction.rank}"
         )
-    cpu, gpu = res["cpu"], res["gpu"]
-    _pos_float(cpu, f"{where}.resources.cpu")
-    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or gpu < 0:
-        raise ConfigError(f"{where}.resources.gpu must be >= 0, got {gpu!r}")
     if not isinstance(raw["random_init"], bool):
         raise ConfigError(f"{where}: random_init must be true or false")
     preset = Preset(
@@ -187,12 +245,13 @@ def from_dict(name: str, raw: Any) -> Preset:
         mining=dict(mining),
         extraction=extraction,
         tasks=tasks,
-        methods=_names(down["methods"], METHODS, f"{where} method(s)"),
+        methods=methods,
         seeds=_seeds(down["seeds"], f"{where}.downstream.seeds"),
         steps=_pos_int(down["steps"], f"{where}.downstream.steps"),
-        lr=_pos_float(down["lr"], f"{where}.downstream.lr"),
+        lr=_lrs(down["lr"], methods, f"{where}.downstream.lr"),
         rank=rank,
         batch_size=_pos_int(down["batch_size"], f"{where}.downstream.batch_size"),
+        report_every=_pos_int(down["report_every"], f"{where}.downstream.report_every"),
         ablation_ranks=ranks,
         ablation_subsets=subsets_t,
         ablation_ortho=_names(abl["ortho"] or ["qr"], ORTHO_METHODS, f"{where} ortho method(s)"),
@@ -200,12 +259,13 @@ def from_dict(name: str, raw: Any) -> Preset:
             abl["extraction"] or [extraction.method], EXTRACT_METHODS,
             f"{where} extraction method(s)",
         ),
-        cpu=float(cpu),
-        gpu=float(gpu),
+        resources=resources,
     )
     for task in preset.tasks:
         get_task(task).check(preset.task_size())
     _check_widths(preset, where)
+    if raw.get("search") is not None:
+        preset = dataclasses.replace(preset, search=_search(raw["search"], preset, where))
     return preset
 
 
@@ -230,6 +290,126 @@ def _check_widths(preset: Preset, where: str) -> None:
                 f"{where}: {what} = {r} is larger than layer {layer!r} of {preset.model} "
                 f"(width {width}); ranks must be at most {width}"
             )
+
+
+def check_sampler(name: Any, what: str = "sampler") -> str:
+    """A known Optuna sampler name (whether its package is installed is checked at search time)."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown {what} {name!r}; valid: {', '.join(SAMPLERS)}")
+    return name
+
+
+def search_names(preset: Preset, method: str) -> set[str]:
+    """The parameters a method's search space may name: rank_<attribute> (0 drops the
+    attribute, so the subset is searched too), ortho and extraction for reduced; rank for
+    the methods that have one; lr and steps for all."""
+    names = {"lr", "steps"}
+    if method == "reduced":
+        return names | {"ortho", "extraction"} | {f"rank_{f}" for f in preset.factors}
+    if method in ("lora", "pissa", "psv", "random"):
+        names.add("rank")
+    return names
+
+
+def _search(raw: Any, preset: Preset, where: str) -> SearchConfig:
+    """Validate the ``search:`` section against the rest of the preset."""
+    where = f"{where}.search"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping with keys {sorted(_SEARCH)}")
+    _no_unknown(raw, _SEARCH, where)
+    missing = sorted(_SEARCH - set(raw))
+    if missing:
+        raise ConfigError(f"{where} lacks {missing}")
+    asha = raw["asha"]
+    if asha is not None:
+        if not isinstance(asha, dict):
+            raise ConfigError(f"{where}.asha must be null or a mapping with {sorted(_ASHA)}")
+        _no_unknown(asha, _ASHA, f"{where}.asha")
+        if sorted(asha) != sorted(_ASHA):
+            raise ConfigError(f"{where}.asha lacks {sorted(_ASHA - set(asha))}")
+        rf = asha["reduction_factor"]
+        if isinstance(rf, bool) or not isinstance(rf, (int, float)) or not rf > 1:
+            raise ConfigError(f"{where}.asha.reduction_factor must be above 1, got {rf!r}")
+        asha = {"grace_period": _pos_int(asha["grace_period"], f"{where}.asha.grace_period"),
+                "reduction_factor": float(rf)}
+    space = raw["space"]
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{where}.space is empty: name at least one method and a parameter "
+                          f"to search, e.g. reduced: {{lr: {{low: 1.0e-4, high: 1.0e-2}}}}")
+    return SearchConfig(
+        sampler=check_sampler(raw["sampler"], f"{where}.sampler"),
+        trials=_pos_int(raw["trials"], f"{where}.trials"),
+        startup_trials=_pos_int(raw["startup_trials"], f"{where}.startup_trials"),
+        concurrency=_pos_int(raw["concurrency"], f"{where}.concurrency"),
+        asha=asha,
+        space={m: _method_space(preset, m, ps, f"{where}.space.{m}") for m, ps in space.items()},
+    )
+
+
+def _method_space(preset: Preset, method: Any, raw: Any, where: str) -> tuple[SearchParam, ...]:
+    if method not in METHODS or method == "none":
+        valid = ", ".join(m for m in METHODS if m != "none")
+        raise ConfigError(f"{where}: cannot search method {method!r}; valid: {valid}")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: the search space of method {method!r} is empty")
+    valid = search_names(preset, method)
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise ConfigError(f"{where}: unknown search parameter(s) {unknown} for method "
+                          f"{method!r}; valid: {sorted(valid)}")
+    params = tuple(_param(preset, name, v, f"{where}.{name}") for name, v in raw.items())
+    ranks = {p.name: p for p in params if p.name.startswith("rank_")}
+    if method == "reduced" and len(ranks) == len(preset.factors) and all(
+            p.high == 0 for p in ranks.values()):
+        raise ConfigError(f"{where}: every rank_<attribute> is 0, so no attribute is left")
+    return params
+
+
+def _param(preset: Preset, name: str, raw: Any, where: str) -> SearchParam:
+    if name in ("ortho", "extraction"):
+        valid = ORTHO_METHODS if name == "ortho" else EXTRACT_METHODS
+        choices = _names(raw, valid, f"{where} choice(s)")
+        if len(set(choices)) != len(choices):
+            raise ConfigError(f"{where}: repeated choices {list(choices)}")
+        return SearchParam(name, choices=choices)
+    if not isinstance(raw, dict) or not {"low", "high"} <= set(raw):
+        raise ConfigError(f"{where} must be a mapping {{low: ..., high: ...}} (log: optional)")
+    _no_unknown(raw, {"low", "high", "log"}, where)
+    low, high, log = raw["low"], raw["high"], raw.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log must be true or false, got {log!r}")
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise ConfigError(f"{where}: bounds must be numbers, got {bound!r}")
+    if low > high:
+        raise ConfigError(f"{where}: low {low!r} is above high {high!r}")
+    if name == "lr":
+        if not low > 0:
+            raise ConfigError(f"{where}: a learning rate range must be above 0, got low {low!r}")
+        return SearchParam(name, float(low), float(high), log)
+    if not isinstance(low, int) or not isinstance(high, int):
+        raise ConfigError(f"{where}: {name} takes integer bounds, got {low!r}..{high!r}")
+    floor = 0 if name.startswith("rank_") else 1
+    if low < floor:
+        raise ConfigError(f"{where}: low must be at least {floor}, got {low!r}")
+    if log and low < 1:
+        raise ConfigError(f"{where}: a log range needs low >= 1, got {low!r}")
+    if name.startswith("rank_") and isinstance(preset.extraction.rank, int) \
+            and high > preset.extraction.rank:
+        raise ConfigError(f"{where}: high {high} exceeds the extraction rank "
+                          f"{preset.extraction.rank}")
+    if name == "rank":
+        width = _narrowest(preset.model)
+        if high > width:
+            raise ConfigError(f"{where}: high {high} is wider than the narrowest adapted layer "
+                              f"of {preset.model} (width {width})")
+    return SearchParam(name, low, high, log)
+
+
+def _narrowest(model_name: str) -> int:
+    model = build(model_name, device="meta")
+    return min(min(model.get_submodule(n).weight.shape)
+               for n in target_modules(model, LoraSpec(rank=1)))
 
 
 def load_preset(name: str, path: str | os.PathLike[str] = PRESETS) -> Preset:

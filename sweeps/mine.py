@@ -14,6 +14,7 @@ exists is reported at once and never retrained (a resumed study skips finished w
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -48,7 +49,11 @@ def trial_id(job: dict[str, Any]) -> str:
 
 
 def mine_trial(config: dict[str, Any]) -> None:
-    """One Tune trial: train (or find) one adapter, report, give it to the actor."""
+    """One Tune trial: train one adapter (unless the actor holds it), hand it to the actor.
+
+    The adapter is built in node-local scratch and its files travel to the actor through
+    Ray, so nodes need no shared disk; a retried trial resumes from its Tune checkpoint.
+    """
     import torch
 
     from attrsub.mine import mine_adapter
@@ -58,40 +63,43 @@ def mine_trial(config: dict[str, Any]) -> None:
     # seed it here so every trial of a study (reused actors included) gets the same base.
     torch.manual_seed(0)
     job, p = config["job"], config["params"]
-    out = Path(config["adapters"]) / trial_id(job)
+    name = trial_id(job)
+    actor = subspace_actor.get(config["study"])
     t0 = time.perf_counter()
-    if not (out / "attrsub-adapter.json").is_file():
-        ckdir = Path(tempfile.mkdtemp(prefix="attrsub-mine-ckpt-"))
-        restored = tune.get_checkpoint()
-        if restored is not None:
-            restored.to_directory(str(ckdir))
-        every = p["report_every"]
+    meta = ray.get(actor.adapter_meta.remote(name))
+    if meta is None:
+        scratch = Path(tempfile.mkdtemp(prefix="attrsub-mine-"))
+        try:
+            ckdir = scratch / "checkpoint"
+            ckdir.mkdir()
+            restored = tune.get_checkpoint()
+            if restored is not None:
+                restored.to_directory(str(ckdir))
+            every = p["report_every"]
 
-        def report(info: StepInfo) -> None:
-            if info.step % every and info.step != info.steps:
-                return
-            ckpt = tune.Checkpoint.from_directory(str(ckdir)) if info.checkpoint else None
-            tune.report({"step": info.step, "loss": info.loss, "done": False}, checkpoint=ckpt)
+            def report(info: StepInfo) -> None:
+                if info.step % every and info.step != info.steps:
+                    return
+                ckpt = tune.Checkpoint.from_directory(str(ckdir)) if info.checkpoint else None
+                tune.report({"step": info.step, "loss": info.loss, "done": False},
+                            checkpoint=ckpt)
 
-        mine_adapter(
-            job["factor"], job["group"], job["seed"], out,
-            base=p["model"], weights=p["weights"], random_init=p["random_init"],
-            scenes=p["scenes"],
-            views=p["views"], size=p["size"], steps=p["steps"], lr=p["lr"], rank=p["rank"],
-            batch_size=p["batch_size"], cache=config["cache"], callback=report,
-            checkpoint_dir=ckdir, checkpoint_every=every,
-        )
-    from attrsub.lora import read_sidecar
-
-    meta = read_sidecar(out)
-    import ray
-
-    ray.get(subspace_actor.get(config["study"]).add_adapter.remote(str(out)))
+            out = mine_adapter(
+                job["factor"], job["group"], job["seed"], scratch / name,
+                base=p["model"], weights=p["weights"], random_init=p["random_init"],
+                scenes=p["scenes"], views=p["views"], size=p["size"], steps=p["steps"],
+                lr=p["lr"], rank=p["rank"], batch_size=p["batch_size"], cache=config["cache"],
+                callback=report, checkpoint_dir=ckdir, checkpoint_every=every,
+            )
+            files = {f.relative_to(out).as_posix(): f.read_bytes()
+                     for f in sorted(out.rglob("*")) if f.is_file()}
+            meta = ray.get(actor.add_adapter.remote(name, files))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     tune.report({
         "step": meta["steps"], "loss": meta["final_loss"], "done": True,
-        "final_loss": meta["final_loss"], "adapter": str(out),
-        "train_wall_s": meta["train"]["wall_s"], "trial_wall_s": time.perf_counter() - t0,
-        "base_hash": meta["base"]["weights_hash"],
+        "final_loss": meta["final_loss"], "train_wall_s": meta["train"]["wall_s"],
+        "trial_wall_s": time.perf_counter() - t0, "base_hash": meta["base"]["weights_hash"],
     })
 
 
@@ -105,12 +113,12 @@ def run_mining(
         "scenes": preset.scenes["mine"], "views": preset.views, "size": preset.size,
         **preset.mining,
     }
-    resources = {"cpu": preset.cpu, "gpu": preset.gpu}
+    resources = preset.resources["mine"]
     tuner = tune.Tuner(
         tune.with_resources(mine_trial, resources),
         param_space={
             "job": tune.grid_search(jobs), "params": params, "study": study,
-            "adapters": str(paths.adapters), "cache": str(paths.cache), "cpu": preset.cpu,
+            "cache": str(paths.cache), "cpu": resources["cpu"],
         },
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(

@@ -17,7 +17,7 @@ from attrsub.base import load_base, shipped_weights
 from attrsub.errors import ConfigError
 from attrsub.fsio import ensure_writable_dir
 from results.schema import read_table
-from sweeps.config import Preset, load_preset
+from sweeps.config import PRESETS, Preset, load_preset
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "results"
@@ -50,8 +50,9 @@ def is_uri(path: str) -> bool:
 def study_paths(storage: str | os.PathLike[str], study: str, work_dir: str | None) -> StudyPaths:
     """Resolve and check the study's folders before any trial runs.
 
-    With a URI (s3://, gs://) Tune and the tables go there, while adapters, banks and the
-    dataset cache go to ``work_dir`` (a folder every node shares, default ~/attrsub-studies).
+    With a URI (s3://, gs://) Tune and the tables go there, while the subspace actor keeps
+    adapters and banks, and each node its dataset cache, under ``work_dir`` on its own disk
+    (default ~/attrsub-studies); no shared filesystem is needed.
     """
     if not study or "/" in study or study.startswith("."):
         raise ConfigError(f"study name {study!r} must be a plain folder name")
@@ -84,12 +85,15 @@ def study_parser(description: str | None) -> argparse.ArgumentParser:
     """The arguments every study entry point takes."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--preset", default="quick", help="smoke | quick | paper (sweeps/presets.yaml)")
+    p.add_argument("--preset", default="quick", help="smoke | quick | paper, or one of --presets")
+    p.add_argument("--presets", default=str(PRESETS),
+                   help="presets file (default: sweeps/presets.yaml); copy it to make your own")
     p.add_argument("--study", default=None, help="study name (default: the preset's name)")
     p.add_argument("--storage", default=str(DEFAULT_STORAGE),
                    help="results root: a folder, or s3:// / gs:// (Tune storage and tables)")
     p.add_argument("--work-dir", default=None,
-                   help="shared folder for adapters/banks when --storage is a URI")
+                   help="node-local folder for adapters, banks and the dataset cache when "
+                        "--storage is a URI (default ~/attrsub-studies)")
     p.add_argument("--resume", action="store_true",
                    help="continue an existing study: finished trials are not rerun")
     p.add_argument("--weights", default=None,
@@ -101,7 +105,7 @@ def study_parser(description: str | None) -> argparse.ArgumentParser:
 
 def open_study(args: argparse.Namespace) -> Study:
     """Validate the preset, weights and storage; refuse to overwrite a study without --resume."""
-    preset = load_preset(args.preset)
+    preset = load_preset(args.preset, args.presets)
     weights = check_weights(preset, args.weights)
     name = args.study or preset.name
     paths = study_paths(args.storage, name, args.work_dir)

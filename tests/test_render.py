@@ -286,3 +286,33 @@ def test_culling_matches_brute_force() -> None:
         assert torch.equal(got, want)
     for key in OUTPUT_KEYS:
         torch.testing.assert_close(culled[key], brute[key], atol=1e-5, rtol=0)
+
+
+def test_relief_bound_keeps_every_crossing() -> None:
+    """Height-field marching starts and stops where a per-ray bound on the relief says the ray
+    is above it: densely sampled, the exact surface is below the ray everywhere cut off."""
+    from attrsub import render as R
+
+    gen = torch.Generator().manual_seed(3)
+    k = 4000
+    field = HeightField(
+        (0.2, -0.1),
+        (1.5, 1.2),
+        ((0.9, 0.3, -0.2, 0.35), (-0.4, -0.5, 0.4, 0.5), (0.5, 0.8, 0.6, 0.2)),
+        (0.08, 4.0, -3.0, 0.7),
+    )
+    row = torch.tensor(R._hf_params(field), dtype=torch.float32)
+    params = torch.cat([row[: 4 + 4 * 3], row[4 + 4 * R.MAX_BUMPS :]])[None].expand(k, -1)
+    o = torch.rand(k, 3, generator=gen) * torch.tensor([4.0, 4.0, 1.5]) - torch.tensor(
+        [2.0, 2.0, 0.0]
+    )
+    d = torch.nn.functional.normalize(torch.randn(k, 3, generator=gen), dim=-1)
+    t0 = torch.zeros(k)
+    t1 = torch.full((k,), 4.0)
+    c0, c1 = R._clip_to_relief(o, d, params, t0, t1)
+    ts = torch.linspace(0, 4.0, 2001)[None].expand(k, -1)
+    x, y, z = (o[:, i, None] + ts * d[:, i, None] for i in range(3))
+    g = z - R._height(params, x, y)[0]
+    outside = (ts < c0[:, None]) | (ts > c1[:, None]) | (c0 >= c1)[:, None]
+    assert outside.float().mean() > 0.3  # the bound does cut
+    assert (g[outside] > 0).all()

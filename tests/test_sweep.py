@@ -68,6 +68,8 @@ def test_smoke_study_end_to_end_and_resume(tmp_path) -> None:
     assert actor["requests"] == actor["cached"] + actor["hits"]
     first = _check_tables(storage / "smoke")
     assert (storage / "smoke" / "banks" / "bank-irls.safetensors").is_file()
+    report = (storage / "smoke" / "report.md").read_text()
+    assert "print_attack" in report and (storage / "smoke" / "fig-rank.png").is_file()
 
     again = _study(storage, "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

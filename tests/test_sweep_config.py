@@ -40,7 +40,9 @@ def test_unknown_preset_lists_valid() -> None:
         (("size",), 30, "patch size"),
         (("downstream", "rank"), 99, "exceeds"),
         (("mining", "stepz"), 3, "unknown key"),
-        (("resources", "gpu"), -1, "gpu"),
+        (("resources", "finetune", "gpu"), -1, "gpu"),
+        (("resources", "mine", "gpu"), 1.5, "whole GPUs"),
+        (("resources", "mine", "tpu"), 1, "unknown key"),
         (("extraction", "method"), "pca", "extraction method"),
     ],
 )
@@ -112,3 +114,16 @@ def test_unwritable_storage_and_bad_weights_fail_before_ray(tmp_path, capsys) ->
     bad.write_bytes(b"garbage")
     assert main(["--preset", "quick", "--storage", str(tmp_path), "--weights", str(bad)]) == 2
     assert "bad.safetensors" in capsys.readouterr().err
+
+
+def test_own_presets_file(tmp_path, raw: dict) -> None:
+    mine = copy.deepcopy(raw["smoke"])
+    mine["resources"]["finetune"]["gpu"] = 0.25
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"tiny-gpu": mine}))
+    assert load_preset("tiny-gpu", path).resources["finetune"] == {"cpu": 1.0, "gpu": 0.25}
+    with pytest.raises(ConfigError, match="unknown preset 'smoke'; valid: tiny-gpu"):
+        load_preset("smoke", path)
+    path.write_text("smoke: [unclosed")
+    with pytest.raises(ConfigError, match="cannot read presets file"):
+        load_preset("smoke", path)
