@@ -82,7 +82,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     data = open_data(args.data, size=args.size)
     base = load_base(args.model, args.weights, device=args.device, random_init=args.untrained)
-    metrics = evaluate(base.model, data, device=args.device, max_samples=args.max_samples)
+    model = base.model
+    if args.adapter is not None:
+        from attrsub.methods import load_trained
+
+        model = load_trained(base, args.adapter, bank=args.bank)
+    metrics = evaluate(model, data, device=args.device, max_samples=args.max_samples)
     if args.json:
         print(json.dumps(metrics, indent=2, sort_keys=True))
     else:
@@ -237,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vggt-tiny", help=f"one of {', '.join(CONFIGS)}")
     p.add_argument("--weights", type=Path, default=None, help="default: the shipped weights")
     p.add_argument("--untrained", action="store_true", help="evaluate a random-init model")
+    p.add_argument("--adapter", type=Path, default=None,
+                   help="a mine-adapter folder or a finetune --out folder to apply first")
+    p.add_argument("--bank", type=Path, default=None, help="the bank a reduced adapter used")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--size", type=int, default=112, help="resize folder images to this")
     p.add_argument("--max-samples", type=int, default=None)

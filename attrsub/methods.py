@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -221,3 +222,46 @@ def finetune(
             })
         write_json(out_dir / "metrics.json", row)
     return row
+
+
+def load_trained(
+    base: Any, path: str | os.PathLike[str], *, bank: str | os.PathLike[str] | None = None
+) -> nn.Module:
+    """``base`` (an attrsub.base.BaseModel) with a trained adapter from ``path`` applied.
+
+    ``path`` is a LoRA adapter folder (``attrsub mine-adapter``, or ``lora-adapter`` inside a
+    ``finetune --out`` folder) or a ``finetune --out`` folder of the reduced family, whose
+    ``metrics.json`` names the method and integration key; the reduced method rebuilds its
+    frozen basis from ``bank`` (the saved M matrices carry the basis hash, so a different
+    basis is refused).
+    """
+    import json
+
+    from attrsub.bank import load_bank
+    from attrsub.lora import SIDECAR, load_adapter
+    from attrsub.reduced import load_reduced
+
+    root = Path(path)
+    if (root / SIDECAR).is_file():
+        return load_adapter(root, base)
+    if (root / "lora-adapter" / SIDECAR).is_file():
+        return load_adapter(root / "lora-adapter", base)
+    weights = root / "reduced.safetensors"
+    if not weights.is_file():
+        raise DataError(
+            f"{str(root)!r} holds no adapter: expected {SIDECAR}, lora-adapter/ or "
+            f"reduced.safetensors (a mine-adapter or finetune --out folder)"
+        )
+    try:
+        row = json.loads((root / "metrics.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{str(root)!r} has no readable metrics.json: {exc}") from exc
+    method = row.get("method")
+    if method == "reduced" and bank is None:
+        raise ConfigError(f"{str(root)!r} is a reduced adapter: pass the bank it used (--bank)")
+    model, _ = prepare(
+        method, base.model, bank=load_bank(bank, base) if method == "reduced" else None,
+        factors=row.get("factors") or (), rank=row["rank"], ortho=row.get("ortho", "qr"),
+        seed=row.get("seed", 0), total_rank=row.get("total_rank"), base_hash=base.weights_hash,
+    )
+    return load_reduced(model, weights, base_hash=base.weights_hash)

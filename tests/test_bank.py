@@ -143,6 +143,17 @@ def test_cli_finetune_reduced_on_a_task(
     assert row["trainable_params"] == expected and row["train_wall_s"] > 0
     assert "main" in row and (out / "reduced.safetensors").is_file()
     assert json.loads(capsys.readouterr().out)["trainable_params"] == expected
+
+    assert main(["render", "--factor", "all", "--scenes", "2", "--views", "2", "--size", "28",
+                 "--out", str(tmp_path / "data")]) == 0
+    data = capsys.readouterr().out.strip()
+    evaluate = ["evaluate", "--untrained", "--data", data, "--size", "28", "--json"]
+    assert main([*evaluate, "--adapter", str(out), "--bank", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 2
+    assert main([*evaluate, "--adapter", str(out)]) == 2
+    assert "pass the bank it used" in capsys.readouterr().err
+    assert main([*evaluate, "--adapter", str(tmp_path)]) == 2
+    assert "holds no adapter" in capsys.readouterr().err
     assert main(["finetune", "--method", "adalora", *common]) == 2
     assert "unknown method 'adalora'" in capsys.readouterr().err
     assert main(["finetune", "--method", "reduced", "--factors", "texture", *common]) == 2
