@@ -14,7 +14,7 @@ trial (sweep wall x concurrency / trials minus the trials' own mean wall time, m
 each trial), and the subspace actor's cache hit rate. ``--repeats`` reruns both and reports
 medians.
 
-Run from the repository root: ``python bench/sweep.py [--preset quick] [--trials 24]``.
+Run from the repository root: ``python bench/sweep.py [--preset quick] [--trials 36]``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="quick")
-    ap.add_argument("--trials", type=int, default=24, help="first N stage-2 jobs")
+    ap.add_argument("--trials", type=int, default=36,
+                    help="first N stage-2 jobs (36: two seeds of one task, so bases repeat)")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
@@ -119,7 +120,7 @@ def main() -> None:
                               f"bank-{preset.extraction.method}.safetensors", paths.cache,
                               args.cpus))
         t0 = time.perf_counter()
-        rows = run_finetune(preset, f"bench{rep}", paths, version, jobs)
+        rows = run_finetune(preset, "bench", paths, version, jobs)
         sweep.append(time.perf_counter() - t0)
         bad = [r["trial_id"] for r in rows if r["status"] != "ok"]
         if bad:

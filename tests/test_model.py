@@ -13,9 +13,13 @@ from torch import nn
 from attrsub.errors import ConfigError, DataError
 from attrsub.model import CONFIGS, VGGT, ModelConfig, build, load, save
 
-REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference" / "vggt-1b-state-dict.json"
-if not REFERENCE.is_file():
-    REFERENCE = Path("/work/shared/reference/vggt-1b-state-dict.json")
+# The workspace's shared/ sits inside the checkout on the device machine, beside it in CI.
+_REPO = Path(__file__).resolve().parents[1]
+REFERENCE = next(
+    (p for p in (base / "shared" / "reference" / "vggt-1b-state-dict.json"
+                 for base in (_REPO, _REPO.parent)) if p.is_file()),
+    _REPO.parent / "shared" / "reference" / "vggt-1b-state-dict.json",
+)
 
 
 def _shapes(model: nn.Module) -> dict[str, list[int]]:

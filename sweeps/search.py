@@ -1,0 +1,647 @@
+"""Optuna search over the reduced-subspace design (and, to compare, LoRA's), as Ray Tune trials.
+
+    python sweeps/search.py --preset smoke --task print_attack --method reduced \\
+        --objectives error,params --trials 8 --storage /tmp/s --study s1
+    python sweeps/search.py ... --study s1 --resume --trials 4   # the same Optuna study, 4 more
+
+The space is data: the preset's ``search:`` section (sweeps/presets.yaml), validated before
+any trial. For ``reduced`` it spans learning rate, steps, one rank per attribute
+(``rank_texture`` ...; 0 leaves the attribute out, so the subset is searched too) and the
+orthogonalisation of the integrated basis; for ``lora`` learning rate and rank. A parameter
+the space leaves out keeps the preset's downstream value. ``--objectives error`` minimises the
+task's main metric (maximises it where higher is better); ``error,params`` also minimises the
+trainable parameters and writes the Pareto front to ``<study>/pareto.parquet``.
+
+The Optuna study lives in a JournalStorage file, ``<study>/optuna.journal``. Each run creates
+a new, uniquely named Optuna study; ``--resume`` continues the latest one of the same task,
+method and objectives (or ``--optuna-study NAME``), so its trial count grows and Optuna's
+trial numbers, hence the ``trial_id`` of every row (``search-<optuna study>-<number>``),
+never repeat.
+
+Why an ask/tell Searcher instead of ``ray.tune.search.optuna.OptunaSearch`` (Ray 2.60,
+Optuna 5.0): OptunaSearch reads ``result[metric]`` from every intermediate result (KeyError
+for a trial that reports only its training loss until it is evaluated); it decides the state
+from whether the metric is present, so with two objectives an ASHA-stopped trial is told
+COMPLETE with ``[None, None]`` (Optuna refuses; the trial stays RUNNING) and a trial that
+failed inside is told PRUNED; and its default study name (``optuna``, loaded if it exists)
+reuses an old study in persistent storage. ``AskTell`` below asks Optuna for every Tune trial
+(define-by-run, so an all-zero rank suggestion is told FAIL and asked again) and tells it what
+really happened: COMPLETE with the objective values of a trial that ran to the end, PRUNED
+(user attribute ``step``: the step reached) for one ASHA stopped, FAIL for a failed one.
+ASHA stops trials on the training loss they report every ``report_every`` steps; those rows
+of ``trials.parquet`` (stage ``search``) have status ``stopped`` and the step reached. With
+one objective the training losses are also Optuna's intermediate values, which orders the
+pruned trials for the sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attrsub.errors import AttrsubError, ConfigError
+from attrsub.train import StepInfo
+from results.schema import (
+    PARETO_SCHEMA,
+    TRIAL_COLUMNS,
+    metric_column,
+    read_table,
+    trials_schema,
+    upsert_table,
+    write_table,
+)
+from sweeps.config import Preset, SearchConfig, SearchParam, check_sampler, load_preset
+from sweeps.runtime import (
+    StudyPaths,
+    check_weights,
+    code_version,
+    init_ray,
+    progress,
+    recorder,
+    study_parser,
+    study_paths,
+)
+
+OBJECTIVES = {"error": ("error",), "error,params": ("error", "params")}
+JOURNAL = "optuna.journal"
+# Keys Tune adds to every result, and the trainable's bookkeeping: never trials columns.
+_TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
+              "time_since_restore", "iterations_since_restore", "trial_wall_s", "step", "loss"}
+_MEASURED = {"steps", "trainable_params", "final_loss", "main", "base_hash", "total_rank"}
+_WITH_RANK = ("lora", "pissa", "psv", "random")
+
+
+# ---------------------------------------------------------------------------------------------
+# What Optuna searches, and the job one of its trials becomes
+
+
+def suggest(trial: Any, space: tuple[SearchParam, ...]) -> dict[str, Any]:
+    """Draw every parameter of ``space`` from an Optuna trial (define-by-run)."""
+    values: dict[str, Any] = {}
+    for p in space:
+        if p.kind == "categorical":
+            values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.kind == "float":
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+        else:
+            values[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log)
+    return values
+
+
+def make_job(preset: Preset, task: str, method: str, values: Mapping[str, Any],
+             trial_id: str) -> dict[str, Any] | None:
+    """The fine-tuning job of one suggestion; parameters not searched keep the preset's value.
+
+    None when the suggestion leaves no attribute in the reduced basis (every rank 0).
+    """
+    job: dict[str, Any] = {
+        "trial_id": trial_id, "axis": "search", "task": task, "method": method,
+        "seed": preset.seeds[0], "lr": float(values.get("lr", preset.lr.get(method, 0.0))),
+        "steps": int(values.get("steps", preset.steps)),
+    }
+    if method == "reduced":
+        ranks = {f: int(values.get(f"rank_{f}", preset.rank)) for f in preset.factors}
+        ranks = {f: r for f, r in ranks.items() if r > 0}
+        if not ranks:
+            return None
+        job.update(factors=list(ranks), ranks=ranks, rank=None,
+                   ortho=values.get("ortho", "qr"),
+                   extraction=values.get("extraction", preset.extraction.method))
+    else:
+        rank = int(values.get("rank", preset.rank)) if method in _WITH_RANK else None
+        job.update(factors=[], ranks={}, rank=rank, ortho=None, extraction=None)
+    return job
+
+
+def directions(task: str, objectives: tuple[str, ...]) -> list[str]:
+    """Optuna directions: the main metric the way the task ranks it, parameters minimised."""
+    from attrsub.tasks import get_task
+
+    error = "minimize" if get_task(task).lower_is_better else "maximize"
+    return [error if o == "error" else "minimize" for o in objectives]
+
+
+def outcome(result: Mapping[str, Any] | None, error: bool,
+            objectives: tuple[str, ...]) -> tuple[str, list[float] | None]:
+    """(Optuna state name, objective values) of a finished Tune trial.
+
+    A trial that ran to the end reports ``status``; one ASHA stopped ends on a training-loss
+    report without it, so it is PRUNED, never COMPLETE.
+    """
+    if error or not result:
+        return "FAIL", None
+    status = result.get("status")
+    if status is None:
+        return "PRUNED", None
+    if status != "ok":
+        return "FAIL", None
+    values = [float(result["main"] if o == "error" else result["trainable_params"])
+              for o in objectives]
+    if not all(math.isfinite(v) for v in values):
+        return "FAIL", None
+    return "COMPLETE", values
+
+
+def check_space(preset: Preset, task: str, method: str) -> tuple[SearchConfig,
+                                                                 tuple[SearchParam, ...]]:
+    """The preset's search section and the method's space, or a ConfigError naming why not."""
+    from attrsub.tasks import get_task
+
+    if preset.search is None:
+        raise ConfigError(f"preset {preset.name!r} has no search: section (see "
+                          f"sweeps/presets.yaml)")
+    space = preset.search.space.get(method)
+    if space is None:
+        raise ConfigError(f"preset {preset.name!r} has no search space for method {method!r}; "
+                          f"it has: {', '.join(preset.search.space)}")
+    if not any(p.name == "lr" for p in space) and method not in preset.lr:
+        raise ConfigError(f"method {method!r} has no downstream lr in preset {preset.name!r}; "
+                          f"search it (lr: {{low, high}}) or add the method there")
+    get_task(task).check(preset.task_size())
+    return preset.search, space
+
+
+def make_sampler(name: str, seed: int | None, startup: int, n_objectives: int) -> Any:
+    """The Optuna sampler, checked before any trial: GP needs scipy and torch, CMA-ES the
+    ``cmaes`` package and a single objective."""
+    import optuna
+
+    check_sampler(name)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        with warnings.catch_warnings():  # multivariate TPE is "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
+                                              multivariate=True)
+    if name == "gp":
+        try:
+            import scipy  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"sampler 'gp' needs scipy and torch: {exc}") from exc
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    try:
+        import cmaes  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("sampler 'cmaes' needs the cmaes package (pip install cmaes)") from exc
+    if n_objectives > 1:
+        raise ConfigError("sampler 'cmaes' optimises one objective; use --objectives error "
+                          "or another sampler")
+    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna study: persistent, uniquely named, resumable
+
+
+def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, str],
+                dirs: list[str], sampler: Any) -> Any:
+    """Create a new uniquely named study in the journal at ``path``, or (``resume``) load the
+    named one or the latest with the same task, method and objectives."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    if resume:
+        summaries = optuna.get_all_study_summaries(storage)
+        if name is None:
+            same = [s for s in summaries
+                    if all(s.user_attrs.get(k) == v for k, v in attrs.items()
+                           if k in ("task", "method", "objectives"))]
+            if not same:
+                raise ConfigError(
+                    f"nothing to resume: {path} holds no search of task {attrs['task']!r}, "
+                    f"method {attrs['method']!r}, objectives {attrs['objectives']!r}; "
+                    f"run without --resume"
+                )
+            name = max(same, key=lambda s: s.user_attrs.get("created", "")).study_name
+        elif name not in {s.study_name for s in summaries}:
+            raise ConfigError(f"no Optuna study {name!r} in {path}; it has: "
+                              f"{', '.join(s.study_name for s in summaries) or 'none'}")
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        if [d.name.lower() for d in study.directions] != dirs:
+            raise ConfigError(f"Optuna study {name!r} optimises {len(study.directions)} "
+                              f"objective(s); resume it with its own --objectives")
+        _fail_stale(study)
+        return study
+    stamp = datetime.now(timezone.utc)
+    name = name or (f"{attrs['study']}-{attrs['task']}-{attrs['method']}-"
+                    f"{stamp:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")
+    study = optuna.create_study(storage=storage, study_name=name, directions=dirs,
+                                sampler=sampler, load_if_exists=False)
+    for k, v in {**attrs, "created": stamp.isoformat()}.items():
+        study.set_user_attr(k, v)
+    return study
+
+
+def _fail_stale(study: Any) -> None:
+    """Trials a killed driver left RUNNING can never be told; mark them failed."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
+                  objectives: tuple[str, ...]) -> Any:
+    """A Tune Searcher that asks ``study`` for each trial and tells it each outcome."""
+    from optuna.trial import TrialState
+    from ray.tune.search import Searcher
+
+    class AskTell(Searcher):
+        """Optuna ask/tell behind Tune's Searcher interface (see the module docstring)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: dict[str, Any] = {}
+            self.steps: dict[str, int] = {}
+            self.told: Counter[str] = Counter()
+
+        def set_search_properties(self, metric: str | None, mode: str | None,
+                                  config: dict, **spec: Any) -> bool:
+            return True  # the space is the preset's, not Tune's param_space
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            for _ in range(100):
+                trial = study.ask()
+                job = job_of(trial)
+                if job is not None:
+                    break
+                trial.set_user_attr("reason", "every rank_* is 0: no attribute left")
+                study.tell(trial, state=TrialState.FAIL)
+                self.told["FAIL"] += 1
+            else:
+                raise ConfigError("100 suggestions in a row left no attribute in the basis; "
+                                  "raise the rank_* bounds")
+            trial.set_user_attr("job", job)
+            trial.set_user_attr("tune_trial", trial_id)
+            self.live[trial_id] = trial
+            return {"job": job}
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if "step" not in result or trial_id not in self.live \
+                    or self.steps.get(trial_id) == result["step"]:
+                return
+            self.steps[trial_id] = int(result["step"])
+            loss = result.get("loss")
+            # single objective: the training loss orders pruned trials for the sampler
+            if len(objectives) == 1 and loss is not None and math.isfinite(loss):
+                self.live[trial_id].report(float(loss), int(result["step"]))
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                              error: bool = False) -> None:
+            if trial_id not in self.live:
+                return
+            if result and "step" in result:  # a STOP decision's result reaches only here
+                self.on_trial_result(trial_id, result)
+            trial = self.live.pop(trial_id)
+            state, values = outcome(result, error, objectives)
+            step = self.steps.pop(trial_id, None)
+            if state == "PRUNED" and step is not None:
+                trial.set_user_attr("step", step)
+            if state == "COMPLETE" and result is not None:
+                trial.set_user_attr("steps", result.get("steps"))
+                if result.get("total_rank") is not None:
+                    trial.set_user_attr("total_rank", int(result["total_rank"]))
+            study.tell(trial, values, state=getattr(TrialState, state))
+            self.told[state] += 1
+
+    return AskTell()
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial
+
+
+def search_trial(config: dict[str, Any]) -> None:
+    """One Tune trial: one attrsub.methods.finetune call with per-attribute ranks.
+
+    Like sweeps/ablation.py's trial, but the reduced basis takes a rank per attribute, and
+    the training loss of the last step is not reported, so ASHA never stops a trial that has
+    finished training (the final report carries ``loss`` but no ``step``, which Tune's
+    metric check wants and ASHA ignores). Bad input or divergence is reported as ``failed``,
+    not retried.
+    """
+    import ray
+    import torch
+    from ray import tune
+
+    from attrsub.methods import finetune
+    from sweeps import actor as subspace_actor
+
+    torch.set_num_threads(max(1, int(config["cpu"])))
+    torch.manual_seed(0)  # a random-init base comes from the global RNG: same for every trial
+    j, p = config["job"], config["params"]
+    t0 = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="attrsub-search-"))
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a retried trial resumes its training
+        restored.to_directory(str(scratch))
+    every = p["report_every"]
+
+    def report(info: StepInfo) -> None:
+        if info.step % every or info.step >= info.steps:
+            return
+        ckpt = tune.Checkpoint.from_directory(str(scratch)) if info.checkpoint else None
+        tune.report({"step": info.step, "loss": info.loss}, checkpoint=ckpt)
+
+    try:
+        basis = None
+        if j["method"] == "reduced":
+            served = subspace_actor.get(config["study"]).bases.remote(
+                j["factors"], j["ranks"], j["ortho"], j["extraction"]
+            )
+            basis = ray.get(ray.get(served))
+        row = finetune(
+            j["task"], j["method"], base=p["model"], weights=p["weights"],
+            random_init=p["random_init"], basis=basis, factors=j["factors"],
+            rank=j["rank"] or p["rank"], ortho=j["ortho"] or "qr", steps=j["steps"],
+            lr=j["lr"], seed=j["seed"], batch_size=p["batch_size"],
+            train_scenes=p["train"], eval_scenes=p["eval"], views=p["views"], size=p["size"],
+            cache=config["cache"], callback=report, checkpoint_dir=scratch,
+            checkpoint_every=every,
+        )
+    except AttrsubError as exc:
+        tune.report({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
+                     "loss": math.nan, "trial_wall_s": time.perf_counter() - t0})
+        return
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    out: dict[str, Any] = {
+        metric_column(k): float(v) for k, v in row.items()
+        if k not in TRIAL_COLUMNS and k not in ("train_wall_s",)
+        and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    out.update(
+        status="ok", error="", steps=row["steps"], trainable_params=row["trainable_params"],
+        final_loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
+        main=float(row["main"]), base_hash=row["base_hash"],
+        total_rank=basis.total_rank if basis is not None else None,
+        trial_wall_s=time.perf_counter() - t0,
+        # Tune wants the scheduler's metric in every result; with no "step" ASHA ignores it
+        loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
+    )
+    tune.report(out)
+
+
+def search_row(preset: Preset, study: str, version: str, job: dict[str, Any],
+               metrics: dict[str, Any] | None, error: BaseException | None) -> dict[str, Any]:
+    """The trials-table row of one search trial: ok, failed, or stopped by ASHA (no final
+    report; ``steps`` is then the last step it reported)."""
+    m = dict(metrics or {})
+    if error is not None:
+        status, message = "failed", f"{type(error).__name__}: {error}"[:2000]
+    elif m.get("status") in ("ok", "failed"):
+        status, message = m["status"], m.get("error") or None
+    else:
+        status, message = "stopped", None
+    row: dict[str, Any] = {
+        "trial_id": job["trial_id"], "study": study, "stage": "search", "axis": job["axis"],
+        "task": job["task"], "method": job["method"], "factors": "+".join(job["factors"]),
+        "rank": job["rank"], "ortho": job["ortho"], "extraction": job["extraction"],
+        "seed": job["seed"], "lr": job["lr"], "wall_s": m.get("trial_wall_s"),
+        "base": preset.model, "code_version": version,
+        **{f"rank_{a}": r for a, r in job["ranks"].items()},
+    }
+    for k, v in m.items():  # what the trial measured; Tune's own keys (its trial_id) stay out
+        if k in _MEASURED or (k not in TRIAL_COLUMNS and k not in _TUNE_KEYS
+                              and isinstance(v, (int, float)) and not isinstance(v, bool)):
+            row[k] = v
+    row.update(status=status, error=message, steps=m.get("steps", m.get("step")))
+    return row
+
+
+def pareto_rows(study: Any, name: str, version: str, objectives: str) -> list[dict[str, Any]]:
+    """One row per Pareto-optimal COMPLETE trial of a two-objective study."""
+    rows = []
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        j = t.user_attrs["job"]
+        rows.append({
+            "study": name, "optuna_study": study.study_name, "trial_id": j["trial_id"],
+            "optuna_trial": t.number, "task": j["task"], "method": j["method"],
+            "objectives": objectives, "main": float(t.values[0]),
+            "trainable_params": int(t.values[1]), "lr": j["lr"],
+            "steps": t.user_attrs.get("steps", j["steps"]), "rank": j["rank"],
+            **{f"rank_{a}": r for a, r in j["ranks"].items()},
+            "factors": "+".join(j["factors"]), "total_rank": t.user_attrs.get("total_rank"),
+            "ortho": j["ortho"], "extraction": j["extraction"], "seed": j["seed"],
+            "code_version": version,
+        })
+    return rows
+
+
+def write_pareto(rows: list[dict[str, Any]], optuna_study: str, path: str) -> None:
+    """Replace this Optuna study's front in ``pareto.parquet``, keeping other searches'."""
+    kept = [r for r in read_table(path) if r["optuna_study"] != optuna_study]
+    write_table(kept + rows, PARETO_SCHEMA, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def parser() -> argparse.ArgumentParser:
+    p = study_parser(__doc__)
+    p.add_argument("--task", default="print_attack", help="downstream task")
+    p.add_argument("--method", default="reduced", help="reduced | lora (any with a space)")
+    p.add_argument("--objectives", default="error", choices=sorted(OBJECTIVES),
+                   help="error: the task's main metric; error,params: also trainable params")
+    p.add_argument("--trials", type=int, default=None,
+                   help="trials this run adds (default: the preset's search.trials)")
+    p.add_argument("--sampler", default=None,
+                   help="tpe | random | gp | cmaes (default: the preset's search.sampler)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+    p.add_argument("--optuna-study", default=None,
+                   help="with --resume: the Optuna study to continue (default: the latest of "
+                        "this task, method and objectives)")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate everything, mine the bank if the study lacks it, then the search."""
+    import optuna
+
+    t0 = time.perf_counter()
+    preset = load_preset(args.preset, args.presets)
+    cfg, space = check_space(preset, args.task, args.method)
+    objectives = OBJECTIVES.get(args.objectives)
+    if objectives is None:
+        raise ConfigError(f"unknown --objectives {args.objectives!r}; valid: "
+                          f"{', '.join(OBJECTIVES)}")
+    sampler_name = check_sampler(args.sampler or cfg.sampler, "--sampler")
+    trials = cfg.trials if args.trials is None else args.trials
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    sampler = make_sampler(sampler_name, args.seed, cfg.startup_trials, len(objectives))
+    weights = check_weights(preset, args.weights)
+    name = args.study or preset.name
+    paths = study_paths(args.storage, name, args.work_dir)
+    version = code_version()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    attrs = {"study": name, "task": args.task, "method": args.method,
+             "objectives": args.objectives, "preset": preset.name, "sampler": sampler_name}
+    if args.optuna_study and not args.resume:
+        raise ConfigError("--optuna-study names a study to continue: add --resume")
+    study = open_optuna(paths.local / JOURNAL, args.optuna_study, args.resume, attrs,
+                        directions(args.task, objectives), sampler)
+    before = len(study.trials)
+
+    init_ray(args.num_cpus)
+    handle = _bank(preset, name, paths, version, weights) if args.method == "reduced" else None
+    try:
+        rows, told = _search(preset, cfg, space, study, name, paths, version, weights, args,
+                             objectives, trials)
+    finally:
+        if handle is not None:
+            import ray
+
+            ray.kill(handle)  # its state is on disk; the next run recreates it
+    pareto = None
+    if len(objectives) == 2:
+        pareto = pareto_rows(study, name, version, args.objectives)
+        write_pareto(pareto, study.study_name, paths.table("pareto"))
+    return {
+        "optuna_study": study.study_name, "journal": str(paths.local / JOURNAL),
+        "rows": rows, "told": dict(told), "trials_before": before,
+        "trials_after": len(study.trials), "states": dict(Counter(
+            t.state.name for t in study.trials)),
+        "best": None if len(objectives) == 2 or not _has_complete(study) else {
+            "value": study.best_value, "params": study.best_trial.params,
+            "trial_id": study.best_trial.user_attrs["job"]["trial_id"]},
+        "pareto": pareto, "tables": {n: paths.table(n) for n in ("trials", "pareto")},
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _has_complete(study: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _bank(preset: Preset, study: str, paths: StudyPaths, version: str,
+          weights: str | None) -> Any:
+    """The study's subspace actor, after mining the bank (stage 1) when the study lacks it."""
+    import ray
+
+    from sweeps import actor as subspace_actor
+    from sweeps.mine import run_mining
+
+    handle = subspace_actor.get_or_create(
+        study, paths.local, list(preset.factors), preset.groups * len(preset.adapter_seeds),
+        preset.extraction,
+    )
+    if not ray.get(handle.has_bank.remote(preset.extraction.method)):
+        upsert_table(run_mining(preset, study, paths, version, weights), paths.table("trials"),
+                     trials_schema)
+    missing = ray.get(handle.missing.remote())
+    if missing and not ray.get(handle.has_bank.remote(preset.extraction.method)):
+        ray.kill(handle)
+        raise ConfigError(f"study {study!r} has no subspace bank: adapters missing {missing} "
+                          f"(see the mining rows of {paths.table('trials')})")
+    ray.get(handle.bank_path.remote(preset.extraction.method))
+    return handle
+
+
+def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], study: Any,
+            name: str, paths: StudyPaths, version: str, weights: str | None,
+            args: argparse.Namespace, objectives: tuple[str, ...],
+            trials: int) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Run ``trials`` Tune trials driven by the Optuna study; rows are written as they end."""
+    from ray import tune
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    def job_of(trial: Any) -> dict[str, Any] | None:
+        return make_job(preset, args.task, args.method, suggest(trial, space),
+                        f"search-{study.study_name}-{trial.number:04d}")
+
+    searcher = make_searcher(study, job_of, objectives)
+    steps = next((p for p in space if p.name == "steps"), None)
+    max_t = int(steps.high) if steps is not None else preset.steps
+    scheduler = None
+    if cfg.asha is not None and cfg.asha["grace_period"] < max_t:  # else it cannot stop any
+        scheduler = AsyncHyperBandScheduler(
+            time_attr="step", metric="loss", mode="min", max_t=max_t,
+            grace_period=int(cfg.asha["grace_period"]),
+            reduction_factor=cfg.asha["reduction_factor"],
+        )
+    res = preset.resources["finetune"]
+    params = {"model": preset.model, "weights": weights, "random_init": preset.random_init,
+              "report_every": preset.report_every, "rank": preset.rank,
+              "batch_size": preset.batch_size, "views": preset.views, "size": preset.size,
+              **preset.scenes}
+
+    def row(job: dict[str, Any], m: dict[str, Any] | None,
+            err: BaseException | None) -> dict[str, Any]:
+        return search_row(preset, name, version, job, m, err)
+
+    tuner = tune.Tuner(
+        tune.with_resources(search_trial, res),
+        param_space={"params": params, "study": name, "cache": str(paths.cache),
+                     "cpu": res["cpu"]},
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=trials, max_concurrent_trials=cfg.concurrency,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"search-{study.study_name}-{datetime.now(timezone.utc):%H%M%S%f}",
+            storage_path=paths.storage,
+            callbacks=[progress(trials, "search"), recorder(paths.table("trials"), row)],
+            verbose=0, failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+    rows = [row(r.config["job"], r.metrics, r.error) for r in tuner.fit()]
+    upsert_table(rows, paths.table("trials"), trials_schema)
+    return rows, searcher.told
+
+
+def summary(out: dict[str, Any]) -> str:
+    """What the run did and where its results are."""
+    def counts(c: Mapping[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+
+    lines = [f"optuna study {out['optuna_study']}: {out['trials_before']} -> "
+             f"{out['trials_after']} trials ({counts(out['states'])})",
+             f"this run: {len(out['rows'])} Tune trials "
+             f"({counts(Counter(r['status'] for r in out['rows']))})"]
+    if out["best"] is not None:
+        lines.append(f"best: {out['best']['value']:.4f} {out['best']['params']} "
+                     f"({out['best']['trial_id']})")
+    if out["pareto"] is not None:
+        lines.append(f"pareto front ({len(out['pareto'])} points), main vs trainable params:")
+        lines += [f"  {r['main']:.4f}  {r['trainable_params']:>9}  lr={r['lr']:.2e} "
+                  f"steps={r['steps']} factors={r['factors'] or '-'} rank={r['rank']} "
+                  f"ortho={r['ortho']}" for r in out["pareto"]]
+    lines += [f"journal: {out['journal']}", *(f"{k}: {v}" for k, v in out["tables"].items()),
+              f"wall: {out['wall_s']:.1f} s"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        out = run(args)
+    except AttrsubError as exc:
+        print(f"search: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
