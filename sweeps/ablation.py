@@ -96,7 +96,13 @@ def _trial_id(j: dict[str, Any]) -> str:
 
 
 def finetune_trial(config: dict[str, Any]) -> None:
-    """One Tune trial: one attrsub.methods.finetune call; bad input is recorded, not retried."""
+    """One Tune trial: one attrsub.methods.finetune call; bad input is recorded, not retried.
+
+    Serves the ablation and sweeps/search.py alike: a job may carry per-attribute ``ranks``
+    and its own ``steps``. The last step's loss is not reported (the final report carries
+    it without ``step``), so an ASHA scheduler never stops a trial that finished training;
+    every report carries ``loss``, as Tune's metric check wants once a scheduler is set.
+    """
     import ray
     import torch
     from ray import tune
@@ -117,7 +123,7 @@ def finetune_trial(config: dict[str, Any]) -> None:
     every = p["report_every"]
 
     def report(info: StepInfo) -> None:
-        if info.step % every and info.step != info.steps:
+        if info.step % every or info.step >= info.steps:
             return
         ckpt = tune.Checkpoint.from_directory(str(scratch)) if info.checkpoint else None
         tune.report({"step": info.step, "loss": info.loss}, checkpoint=ckpt)
@@ -126,21 +132,22 @@ def finetune_trial(config: dict[str, Any]) -> None:
         basis = None
         if j["method"] == "reduced":
             served = subspace_actor.get(config["study"]).bases.remote(
-                j["factors"], j["rank"], j["ortho"], j["extraction"]
+                j["factors"], j.get("ranks") or j["rank"], j["ortho"], j["extraction"]
             )
             basis = ray.get(ray.get(served))
         row = finetune(
             j["task"], j["method"], base=p["model"], weights=p["weights"],
             random_init=p["random_init"], basis=basis,
             factors=j["factors"], rank=j["rank"] or p["rank"], ortho=j["ortho"] or "qr",
-            steps=p["steps"], lr=j["lr"], seed=j["seed"], batch_size=p["batch_size"],
+            steps=j["steps"] if "steps" in j else p["steps"], lr=j["lr"], seed=j["seed"],
+            batch_size=p["batch_size"],
             train_scenes=p["train"], eval_scenes=p["eval"], views=p["views"], size=p["size"],
             cache=config["cache"], callback=report, checkpoint_dir=scratch,
             checkpoint_every=every,
         )
     except AttrsubError as exc:  # bad input or a diverged run: recorded, not retried
         tune.report({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
-                     "trial_wall_s": time.perf_counter() - t0})
+                     "loss": math.nan, "trial_wall_s": time.perf_counter() - t0})
         return
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -153,6 +160,7 @@ def finetune_trial(config: dict[str, Any]) -> None:
         total_rank=basis.total_rank if basis is not None
         else j["rank"] if j["method"] in ("psv", "random") else None,
         trial_wall_s=time.perf_counter() - t0,
+        loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
     )
     tune.report(out)
 

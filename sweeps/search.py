@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 import warnings
@@ -54,16 +52,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attrsub.errors import AttrsubError, ConfigError
-from attrsub.train import StepInfo
 from results.schema import (
     PARETO_SCHEMA,
     TRIAL_COLUMNS,
-    metric_column,
     read_table,
     trials_schema,
     upsert_table,
     write_table,
 )
+from sweeps.ablation import finetune_trial
 from sweeps.config import Preset, SearchConfig, SearchParam, check_sampler, load_preset
 from sweeps.runtime import (
     StudyPaths,
@@ -329,77 +326,6 @@ def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
 # The trial
 
 
-def search_trial(config: dict[str, Any]) -> None:
-    """One Tune trial: one attrsub.methods.finetune call with per-attribute ranks.
-
-    Like sweeps/ablation.py's trial, but the reduced basis takes a rank per attribute, and
-    the training loss of the last step is not reported, so ASHA never stops a trial that has
-    finished training (the final report carries ``loss`` but no ``step``, which Tune's
-    metric check wants and ASHA ignores). Bad input or divergence is reported as ``failed``,
-    not retried.
-    """
-    import ray
-    import torch
-    from ray import tune
-
-    from attrsub.methods import finetune
-    from sweeps import actor as subspace_actor
-
-    torch.set_num_threads(max(1, int(config["cpu"])))
-    torch.manual_seed(0)  # a random-init base comes from the global RNG: same for every trial
-    j, p = config["job"], config["params"]
-    t0 = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix="attrsub-search-"))
-    restored = tune.get_checkpoint()
-    if restored is not None:  # a retried trial resumes its training
-        restored.to_directory(str(scratch))
-    every = p["report_every"]
-
-    def report(info: StepInfo) -> None:
-        if info.step % every or info.step >= info.steps:
-            return
-        ckpt = tune.Checkpoint.from_directory(str(scratch)) if info.checkpoint else None
-        tune.report({"step": info.step, "loss": info.loss}, checkpoint=ckpt)
-
-    try:
-        basis = None
-        if j["method"] == "reduced":
-            served = subspace_actor.get(config["study"]).bases.remote(
-                j["factors"], j["ranks"], j["ortho"], j["extraction"]
-            )
-            basis = ray.get(ray.get(served))
-        row = finetune(
-            j["task"], j["method"], base=p["model"], weights=p["weights"],
-            random_init=p["random_init"], basis=basis, factors=j["factors"],
-            rank=j["rank"] or p["rank"], ortho=j["ortho"] or "qr", steps=j["steps"],
-            lr=j["lr"], seed=j["seed"], batch_size=p["batch_size"],
-            train_scenes=p["train"], eval_scenes=p["eval"], views=p["views"], size=p["size"],
-            cache=config["cache"], callback=report, checkpoint_dir=scratch,
-            checkpoint_every=every,
-        )
-    except AttrsubError as exc:
-        tune.report({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
-                     "loss": math.nan, "trial_wall_s": time.perf_counter() - t0})
-        return
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    out: dict[str, Any] = {
-        metric_column(k): float(v) for k, v in row.items()
-        if k not in TRIAL_COLUMNS and k not in ("train_wall_s",)
-        and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    out.update(
-        status="ok", error="", steps=row["steps"], trainable_params=row["trainable_params"],
-        final_loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
-        main=float(row["main"]), base_hash=row["base_hash"],
-        total_rank=basis.total_rank if basis is not None else None,
-        trial_wall_s=time.perf_counter() - t0,
-        # Tune wants the scheduler's metric in every result; with no "step" ASHA ignores it
-        loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
-    )
-    tune.report(out)
-
-
 def search_row(preset: Preset, study: str, version: str, job: dict[str, Any],
                metrics: dict[str, Any] | None, error: BaseException | None) -> dict[str, Any]:
     """The trials-table row of one search trial: ok, failed, or stopped by ASHA (no final
@@ -592,7 +518,7 @@ def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], s
         return search_row(preset, name, version, job, m, err)
 
     tuner = tune.Tuner(
-        tune.with_resources(search_trial, res),
+        tune.with_resources(finetune_trial, res),
         param_space={"params": params, "study": name, "cache": str(paths.cache),
                      "cpu": res["cpu"]},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
