@@ -4,8 +4,8 @@ groups x adapter seeds; each finished adapter is handed to the study's subspace 
     python sweeps/mine.py --preset quick --study NAME    # stage 1 alone, then the bank
 
 ``sweeps/ablation.py`` runs this as its first stage; run alone, it mines, writes the
-mining rows of ``trials.parquet`` and the persisted bank, and a later ablation of the same
-study skips straight to stage 2.
+mining rows of ``trials.parquet`` and the persisted bank, and a later
+``sweeps/ablation.py --study NAME --resume`` skips straight to stage 2.
 
 A trial reports with ``ray.tune.report`` every ``report_every`` steps, attaching the
 training checkpoint, so a retried trial resumes where it stopped; an adapter that already
