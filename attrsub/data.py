@@ -34,22 +34,13 @@ from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
 from attrsub.factors import ALL, FACTORS, FactorSpec, sample_scenes
 from attrsub.fsio import ensure_writable_dir, publish_dir, write_json
-from attrsub.render import RENDER_VERSION, render
+from attrsub.render import OUTPUT_KEYS, RENDER_VERSION, render
 from attrsub.scene import SceneSpec
 from attrsub.size import check_size
 
 FORMAT_VERSION = 1
 SHARD_SCENES = 64
-SAMPLE_KEYS = (
-    "images",
-    "albedo",
-    "depths",
-    "world_points",
-    "normals",
-    "valid",
-    "extrinsics",
-    "intrinsics",
-)
+SAMPLE_KEYS = OUTPUT_KEYS  # a stored sample is exactly one render's outputs
 _STORE_DTYPES = {"images": torch.uint8, "albedo": torch.uint8, "normals": torch.float16}
 
 

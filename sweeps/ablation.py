@@ -46,8 +46,7 @@ from sweeps.runtime import (
     init_ray,
     is_uri,
     open_study,
-    progress,
-    recorder,
+    run_grid,
     study_parser,
 )
 
@@ -170,35 +169,17 @@ def run_finetune(
     weights: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run stage 2's ``jobs``; returns one trials-table row per job (failed ones included)."""
-    from ray import tune
-
     if not jobs:
         return []
     params = {"model": preset.model, "weights": weights, "random_init": preset.random_init,
               "steps": preset.steps, "report_every": preset.report_every,
               "rank": preset.rank, "batch_size": preset.batch_size,
               "views": preset.views, "size": preset.size, **preset.scenes}
-    tuner = tune.Tuner(
-        tune.with_resources(finetune_trial, preset.resources["finetune"]),
-        param_space={"job": tune.grid_search(jobs), "params": params, "study": study,
-                     "cache": str(paths.cache), "cpu": preset.resources["finetune"]["cpu"]},
-        tune_config=tune.TuneConfig(reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"{study}-ablation", storage_path=paths.storage,
-            callbacks=[
-                progress(len(jobs), "ablation"),
-                recorder(paths.table("trials"),
-                         lambda job, m, err: finetune_row(preset, study, version, job, m, err)),
-            ],
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
+    return run_grid(
+        finetune_trial, jobs, resources=preset.resources["finetune"], params=params,
+        study=study, paths=paths, experiment=f"{study}-ablation", desc="ablation",
+        row=lambda job, m, err: finetune_row(preset, study, version, job, m, err),
     )
-    rows = [
-        finetune_row(preset, study, version, r.config["job"], r.metrics, r.error)
-        for r in tuner.fit()
-    ]
-    return rows
 
 
 def finetune_row(

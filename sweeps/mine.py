@@ -31,7 +31,7 @@ from attrsub.errors import AttrsubError
 from attrsub.train import StepInfo
 from sweeps import actor as subspace_actor
 from sweeps.config import Preset
-from sweeps.runtime import StudyPaths, init_ray, open_study, progress, recorder, study_parser
+from sweeps.runtime import StudyPaths, init_ray, open_study, run_grid, study_parser
 
 
 def mining_jobs(preset: Preset) -> list[dict[str, Any]]:
@@ -113,28 +113,11 @@ def run_mining(
         "scenes": preset.scenes["mine"], "views": preset.views, "size": preset.size,
         **preset.mining,
     }
-    resources = preset.resources["mine"]
-    tuner = tune.Tuner(
-        tune.with_resources(mine_trial, resources),
-        param_space={
-            "job": tune.grid_search(jobs), "params": params, "study": study,
-            "cache": str(paths.cache), "cpu": resources["cpu"],
-        },
-        tune_config=tune.TuneConfig(reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"{study}-mine", storage_path=paths.storage,
-            callbacks=[
-                progress(len(jobs), "mining"),
-                recorder(paths.table("trials"),
-                         lambda job, m, err: mine_row(preset, study, code_version, job, m, err)),
-            ],
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
+    return run_grid(
+        mine_trial, jobs, resources=preset.resources["mine"], params=params, study=study,
+        paths=paths, experiment=f"{study}-mine", desc="mining",
+        row=lambda job, m, err: mine_row(preset, study, code_version, job, m, err),
     )
-    grid = tuner.fit()
-    return [mine_row(preset, study, code_version, r.config["job"], r.metrics, r.error)
-            for r in grid]
 
 
 def mine_row(

@@ -224,3 +224,33 @@ def recorder(table: str, row: Any) -> Any:
             self._write(trial, trial.get_error() or RuntimeError("trial errored"))
 
     return _Recorder()
+
+
+def run_config(experiment: str, paths: StudyPaths, total: int, desc: str, row: Any) -> Any:
+    """The RunConfig every stage shares: its storage, a progress bar, rows recorded as trials
+    end (``row(job, last_result, error)``), one retry for a trial whose worker died."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=experiment, storage_path=paths.storage,
+        callbacks=[progress(total, desc), recorder(paths.table("trials"), row)],
+        verbose=0, failure_config=tune.FailureConfig(max_failures=1),
+    )
+
+
+def run_grid(
+    trainable: Any, jobs: list[dict[str, Any]], *, resources: dict[str, float],
+    params: dict[str, Any], study: str, paths: StudyPaths, experiment: str, desc: str,
+    row: Any,
+) -> list[dict[str, Any]]:
+    """Each job one Tune trial of ``trainable``; returns every job's row, failed ones included."""
+    from ray import tune
+
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space={"job": tune.grid_search(jobs), "params": params, "study": study,
+                     "cache": str(paths.cache), "cpu": resources["cpu"]},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=run_config(experiment, paths, len(jobs), desc, row),
+    )
+    return [row(r.config["job"], r.metrics, r.error) for r in tuner.fit()]

@@ -67,8 +67,7 @@ from sweeps.runtime import (
     check_weights,
     code_version,
     init_ray,
-    progress,
-    recorder,
+    run_config,
     study_parser,
     study_paths,
 )
@@ -524,11 +523,9 @@ def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], s
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=trials, max_concurrent_trials=cfg.concurrency,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"search-{study.study_name}-{datetime.now(timezone.utc):%H%M%S%f}",
-            storage_path=paths.storage,
-            callbacks=[progress(trials, "search"), recorder(paths.table("trials"), row)],
-            verbose=0, failure_config=tune.FailureConfig(max_failures=1),
+        run_config=run_config(
+            f"search-{study.study_name}-{datetime.now(timezone.utc):%H%M%S%f}", paths, trials,
+            "search", row,
         ),
     )
     rows = [row(r.config["job"], r.metrics, r.error) for r in tuner.fit()]
