@@ -16,6 +16,13 @@ class DataError(AttrsubError):
     """A dataset, weights file or adapter on disk is missing, corrupt or mismatched."""
 
 
+class StorageError(AttrsubError, OSError):
+    """Results could not be written (full disk, unwritable or vanished storage).
+
+    Writes are atomic, so everything written before the failure is intact and readable.
+    """
+
+
 class DivergenceError(AttrsubError, FloatingPointError):
     """Training produced a NaN or infinite loss; the run stops at once instead of wasting time."""
 

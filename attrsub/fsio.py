@@ -17,6 +17,10 @@ from typing import Any
 
 from attrsub.errors import ConfigError
 
+# mkstemp creates files readable by their owner only; published files get the usual mode.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def ensure_writable_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
     """Create ``path`` (and parents) or raise ConfigError saying why it cannot be written.
@@ -50,6 +54,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)

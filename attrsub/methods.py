@@ -197,19 +197,19 @@ def finetune(
     )
     t0 = time.perf_counter()
     final_loss: float | None = None  # None, not NaN: the row stays strict JSON
-    ran = 0
+    ran, resumed = 0, None
     if cfg is not None and count > 0:
         data = the_task.train_data(cache, data_size, seed, device=device)
         result = train(model, data, cfg, device=device, progress=False, callback=callback,
                        checkpoint_dir=checkpoint_dir, desc=f"{task}/{method}")
-        final_loss, ran = result.final_loss, result.steps
+        final_loss, ran, resumed = result.final_loss, result.steps, result.resumed_from
     wall = time.perf_counter() - t0
     row: dict[str, Any] = {
         "task": task, "method": method,
         "factors": list(basis.factors) if basis is not None else list(factors), "rank": rank,
         "total_rank": total_rank, "ortho": ortho, "steps": ran, "lr": lr if cfg else None,
         "seed": seed, "base": base, "base_hash": b.weights_hash, "trainable_params": count,
-        "train_wall_s": wall, "final_loss": final_loss,
+        "train_wall_s": wall, "final_loss": final_loss, "resumed_step": resumed,
         **the_task.evaluate(model, cache, data_size, seed, device),
     }
     if out_dir is not None:

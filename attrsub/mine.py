@@ -88,7 +88,8 @@ the last of the checkpoints written every ``checkpoint_every`` steps and at the 
         "heads": lora.heads,
         "steps": result.steps,
         "final_loss": result.final_loss,
-        "train": {"lr": lr, "batch_size": batch_size, "wall_s": result.wall_s},
+        "train": {"lr": lr, "batch_size": batch_size, "wall_s": result.wall_s,
+                  "resumed_from": result.resumed_from},
     }
     model.cpu()
     return publish_dir(out, lambda tmp: _fill(model, tmp, sidecar))

@@ -92,6 +92,9 @@ class TrainResult:
     history: list[dict[str, float]]
     wall_s: float
     stopped_early: bool = False
+    # The step a checkpoint resumed this run from (0 for a fresh run): a retried sweep trial
+    # says so in its row.
+    resumed_from: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -250,7 +253,7 @@ def train(
                 break
     bar.close()
     final = history[-1]["loss"] if history else float("nan")
-    return TrainResult(done, final, history, time.perf_counter() - t0, stopped)
+    return TrainResult(done, final, history, time.perf_counter() - t0, stopped, start)
 
 
 def _to_float(v: Any) -> Any:

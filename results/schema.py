@@ -16,6 +16,7 @@ table; ``upsert_table`` replaces rows by key so a resumed study never duplicates
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import uuid
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from attrsub.errors import ConfigError, DataError
+from attrsub.errors import ConfigError, DataError, StorageError
 from attrsub.fsio import atomic_path
 
 ATTRIBUTES = ("texture", "geometry", "camera", "lighting")
@@ -55,6 +56,7 @@ _TRIAL_FIELDS: list[pa.Field] = [
     pa.field("final_loss", pa.float64()),
     pa.field("main", pa.float64()),
     pa.field("wall_s", pa.float64()),
+    pa.field("resumed_step", pa.int64()),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("base", pa.string()),
@@ -174,19 +176,35 @@ def _fs(path: str | os.PathLike[str]) -> tuple[pafs.FileSystem | None, str]:
 def write_table(
     rows: Sequence[Mapping[str, Any]], schema: pa.Schema, path: str | os.PathLike[str]
 ) -> str:
-    """Validate ``rows`` against ``schema`` and write them as Parquet, atomically."""
+    """Validate ``rows`` against ``schema`` and write them as Parquet, atomically.
+
+    A failed write (full disk, no permission) raises StorageError and leaves the table as
+    it was.
+    """
     rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
     _check_rows(rows, schema)
     table = pa.Table.from_pylist(rows, schema=schema)
     fs, p = _fs(path)
-    if fs is None:
-        with atomic_path(p) as tmp:
-            pq.write_table(table, str(tmp))
-        return p
-    tmp = f"{p}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, p)
-    return os.fspath(path)
+    try:
+        if fs is None:
+            with atomic_path(p) as tmp:
+                pq.write_table(table, str(tmp))
+            return p
+        tmp = f"{p}.{uuid.uuid4().hex}.tmp"
+        try:
+            pq.write_table(table, tmp, filesystem=fs)
+            fs.move(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.delete_file(tmp)
+            raise
+        return os.fspath(path)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write results table {os.fspath(path)!r}: {exc}. Tables written before "
+            f"are intact (writes are atomic); free space or fix permissions, then rerun "
+            f"with --resume"
+        ) from exc
 
 
 def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attrsub.errors import AttrsubError
+from attrsub.errors import AttrsubError, DivergenceError
 from attrsub.fsio import write_json
 from attrsub.train import StepInfo
 from results.schema import (
@@ -42,16 +42,19 @@ from results.schema import (
 )
 from sweeps.config import Preset
 from sweeps.runtime import (
+    STUDY_ERRORS,
     StudyPaths,
     init_ray,
     is_uri,
     open_study,
+    print_error,
     run_grid,
     study_parser,
 )
 
 _ROW_KEYS = {"task", "method", "factors", "rank", "total_rank", "ortho", "steps", "lr", "seed",
-             "base", "base_hash", "trainable_params", "train_wall_s", "final_loss", "main"}
+             "base", "base_hash", "trainable_params", "train_wall_s", "final_loss", "main",
+             "resumed_step"}
 
 
 def finetune_jobs(preset: Preset) -> list[dict[str, Any]]:
@@ -102,7 +105,6 @@ def finetune_trial(config: dict[str, Any]) -> None:
     it without ``step``), so an ASHA scheduler never stops a trial that finished training;
     every report carries ``loss``, as Tune's metric check wants once a scheduler is set.
     """
-    import ray
     import torch
     from ray import tune
 
@@ -130,10 +132,10 @@ def finetune_trial(config: dict[str, Any]) -> None:
     try:
         basis = None
         if j["method"] == "reduced":
-            served = subspace_actor.get(config["study"]).bases.remote(
-                j["factors"], j.get("ranks") or j["rank"], j["ortho"], j["extraction"]
+            basis = subspace_actor.fetch_bases(
+                config["study"], j["factors"], j.get("ranks") or j["rank"], j["ortho"],
+                j["extraction"],
             )
-            basis = ray.get(ray.get(served))
         row = finetune(
             j["task"], j["method"], base=p["model"], weights=p["weights"],
             random_init=p["random_init"], basis=basis,
@@ -145,8 +147,11 @@ def finetune_trial(config: dict[str, Any]) -> None:
             checkpoint_every=every,
         )
     except AttrsubError as exc:  # bad input or a diverged run: recorded, not retried
-        tune.report({"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
-                     "loss": math.nan, "trial_wall_s": time.perf_counter() - t0})
+        failed = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
+                  "loss": math.nan, "trial_wall_s": time.perf_counter() - t0}
+        if isinstance(exc, DivergenceError):
+            failed["steps"] = exc.step  # how far it got
+        tune.report(failed)
         return
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -155,7 +160,7 @@ def finetune_trial(config: dict[str, Any]) -> None:
     out.update(
         status="ok", error="", steps=row["steps"], trainable_params=row["trainable_params"],
         final_loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
-        main=float(row["main"]), base_hash=row["base_hash"],
+        main=float(row["main"]), base_hash=row["base_hash"], resumed_step=row["resumed_step"],
         total_rank=basis.total_rank if basis is not None
         else j["rank"] if j["method"] in ("psv", "random") else None,
         trial_wall_s=time.perf_counter() - t0,
@@ -327,9 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     args = study_parser(__doc__).parse_args(argv)
     try:
         out = run(args)
-    except AttrsubError as exc:
-        print(f"ablation: error: {exc}", file=sys.stderr)
-        return 2
+    except STUDY_ERRORS as exc:
+        return print_error("ablation", exc)
     print(summary(out["rows"]))
     print(f"\nstudy {out['study']}: {len(out['rows'])} trials in {out['wall_s']:.1f} s")
     print(f"subspace actor: {json.dumps(out['actor'], sort_keys=True)}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,30 @@ def get_or_create(
 def get(study: str) -> Any:
     """The study's actor from inside a trial (or a second driver)."""
     return ray.get_actor(actor_name(study), namespace=NAMESPACE)
+
+
+def fetch_bases(
+    study: str,
+    factors: list[str],
+    ranks: dict[str, int] | int | None,
+    ortho: str,
+    extraction: str,
+    attempts: int = 3,
+) -> Any:
+    """The BasisSet of one key, from the study's actor.
+
+    The served object belongs to the actor, so an actor killed after handing out the
+    reference takes the object with it (OwnerDiedError); the restarted actor reloads its
+    bank from the study folder and is simply asked again.
+    """
+    from ray.exceptions import ObjectLostError, RayActorError
+
+    def once() -> Any:
+        return ray.get(ray.get(get(study).bases.remote(factors, ranks, ortho, extraction)))
+
+    for attempt in range(attempts - 1):
+        try:
+            return once()
+        except (ObjectLostError, RayActorError):
+            time.sleep(1.0 + attempt)
+    return once()

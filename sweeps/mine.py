@@ -14,6 +14,7 @@ exists is reported at once and never retrained (a resumed study skips finished w
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import tempfile
@@ -27,11 +28,18 @@ if __package__ in (None, ""):
 import ray
 from ray import tune
 
-from attrsub.errors import AttrsubError
 from attrsub.train import StepInfo
 from sweeps import actor as subspace_actor
 from sweeps.config import Preset
-from sweeps.runtime import StudyPaths, init_ray, open_study, run_grid, study_parser
+from sweeps.runtime import (
+    STUDY_ERRORS,
+    StudyPaths,
+    init_ray,
+    open_study,
+    print_error,
+    run_grid,
+    study_parser,
+)
 
 
 def mining_jobs(preset: Preset) -> list[dict[str, Any]]:
@@ -100,6 +108,7 @@ def mine_trial(config: dict[str, Any]) -> None:
         "step": meta["steps"], "loss": meta["final_loss"], "done": True,
         "final_loss": meta["final_loss"], "train_wall_s": meta["train"]["wall_s"],
         "trial_wall_s": time.perf_counter() - t0, "base_hash": meta["base"]["weights_hash"],
+        "resumed_step": meta["train"].get("resumed_from"),
     })
 
 
@@ -134,7 +143,8 @@ def mine_row(
         "steps": m.get("step"), "final_loss": m.get("final_loss"),
         "wall_s": m.get("trial_wall_s"), "status": "ok" if ok else "failed",
         "error": None if ok else _error(error), "base": preset.model,
-        "base_hash": m.get("base_hash"), "code_version": code_version,
+        "base_hash": m.get("base_hash"), "resumed_step": m.get("resumed_step"),
+        "code_version": code_version,
     }
 
 
@@ -147,12 +157,15 @@ def _error(err: BaseException | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = study_parser(__doc__).parse_args(argv)
     try:
-        st = open_study(args)
-    except AttrsubError as exc:
-        print(f"mine: error: {exc}", file=sys.stderr)
-        return 2
+        return _mine(args)
+    except STUDY_ERRORS as exc:
+        return print_error("mine", exc)
+
+
+def _mine(args: argparse.Namespace) -> int:
     from results.schema import trials_schema, upsert_table
 
+    st = open_study(args)
     init_ray(args.num_cpus)
     p = st.preset
     handle = subspace_actor.get_or_create(

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from attrsub import __version__
 from attrsub.base import load_base, shipped_weights
-from attrsub.errors import ConfigError
+from attrsub.errors import AttrsubError, ConfigError, StorageError
 from attrsub.fsio import ensure_writable_dir
 from results.schema import read_table
 from sweeps.config import PRESETS, Preset, load_preset
@@ -136,6 +137,18 @@ def check_weights(preset: Preset, weights: str | None) -> str | None:
     return None
 
 
+# What ends a study with one line instead of a traceback: bad input found up front, or
+# storage that can no longer be written (the tables written so far stay intact).
+STUDY_ERRORS = (AttrsubError, OSError)
+
+
+def print_error(prog: str, exc: BaseException) -> int:
+    """Print a study-ending error for a person; returns the exit status 2."""
+    kind = "" if isinstance(exc, AttrsubError) else "I/O error: "
+    print(f"{prog}: error: {kind}{exc}", file=sys.stderr)
+    return 2
+
+
 def code_version() -> str:
     """attrsub's version plus the git commit (and ``+dirty``) when run from a checkout."""
     try:
@@ -206,16 +219,31 @@ def recorder(table: str, row: Any) -> Any:
 
     ``row(job, last_result, error)`` builds the row; it is upserted into the trials table
     at ``table`` by ``trial_id``, so an interrupted study resumes after its last finished
-    trial and the row the driver writes at the end replaces this one.
+    trial and the row the driver writes at the end replaces this one. When the storage
+    cannot be written (full disk, lost permission) the callback keeps the error instead of
+    raising it inside Tune; ``run_config``'s stopper then ends the experiment and
+    ``check()`` raises it in the driver, so the study stops with one clear message.
     """
     from ray import tune
 
     from results.schema import trials_schema, upsert_table
 
     class _Recorder(tune.Callback):
+        def __init__(self) -> None:
+            self.failure: StorageError | None = None
+
         def _write(self, trial: Any, error: BaseException | None) -> None:
-            upsert_table([row(trial.config["job"], trial.last_result, error)], table,
-                         trials_schema)
+            if self.failure is not None:
+                return
+            try:
+                upsert_table([row(trial.config["job"], trial.last_result, error)], table,
+                             trials_schema)
+            except StorageError as exc:
+                self.failure = exc
+
+        def check(self) -> None:
+            if self.failure is not None:
+                raise self.failure
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._write(trial, None)
@@ -226,14 +254,23 @@ def recorder(table: str, row: Any) -> Any:
     return _Recorder()
 
 
-def run_config(experiment: str, paths: StudyPaths, total: int, desc: str, row: Any) -> Any:
-    """The RunConfig every stage shares: its storage, a progress bar, rows recorded as trials
-    end (``row(job, last_result, error)``), one retry for a trial whose worker died."""
+def run_config(experiment: str, paths: StudyPaths, total: int, desc: str,
+               rec: Any) -> Any:
+    """The RunConfig every stage shares: its storage, a progress bar, ``rec`` (a
+    ``recorder``) writing rows as trials end, a stop once storage fails, one retry for a
+    trial whose worker died (from its last checkpoint)."""
     from ray import tune
+
+    class _StopOnStorageFailure(tune.Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return rec.failure is not None
 
     return tune.RunConfig(
         name=experiment, storage_path=paths.storage,
-        callbacks=[progress(total, desc), recorder(paths.table("trials"), row)],
+        callbacks=[progress(total, desc), rec], stop=_StopOnStorageFailure(),
         verbose=0, failure_config=tune.FailureConfig(max_failures=1),
     )
 
@@ -246,11 +283,14 @@ def run_grid(
     """Each job one Tune trial of ``trainable``; returns every job's row, failed ones included."""
     from ray import tune
 
+    rec = recorder(paths.table("trials"), row)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={"job": tune.grid_search(jobs), "params": params, "study": study,
                      "cache": str(paths.cache), "cpu": resources["cpu"]},
         tune_config=tune.TuneConfig(reuse_actors=True),
-        run_config=run_config(experiment, paths, len(jobs), desc, row),
+        run_config=run_config(experiment, paths, len(jobs), desc, rec),
     )
-    return [row(r.config["job"], r.metrics, r.error) for r in tuner.fit()]
+    results = tuner.fit()
+    rec.check()
+    return [row(r.config["job"], r.metrics, r.error) for r in results]

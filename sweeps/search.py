@@ -51,7 +51,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attrsub.errors import AttrsubError, ConfigError
+from attrsub.errors import ConfigError
 from results.schema import (
     PARETO_SCHEMA,
     TRIAL_COLUMNS,
@@ -63,10 +63,13 @@ from results.schema import (
 from sweeps.ablation import finetune_trial
 from sweeps.config import Preset, SearchConfig, SearchParam, check_sampler, load_preset
 from sweeps.runtime import (
+    STUDY_ERRORS,
     StudyPaths,
     check_weights,
     code_version,
     init_ray,
+    print_error,
+    recorder,
     run_config,
     study_parser,
     study_paths,
@@ -77,7 +80,8 @@ JOURNAL = "optuna.journal"
 # Keys Tune adds to every result, and the trainable's bookkeeping: never trials columns.
 _TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid",
               "time_since_restore", "iterations_since_restore", "trial_wall_s", "step", "loss"}
-_MEASURED = {"steps", "trainable_params", "final_loss", "main", "base_hash", "total_rank"}
+_MEASURED = {"steps", "trainable_params", "final_loss", "main", "base_hash", "total_rank",
+             "resumed_step"}
 _WITH_RANK = ("lora", "pissa", "psv", "random")
 
 
@@ -234,7 +238,6 @@ def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, 
         if [d.name.lower() for d in study.directions] != dirs:
             raise ConfigError(f"Optuna study {name!r} optimises {len(study.directions)} "
                               f"objective(s); resume it with its own --objectives")
-        _fail_stale(study)
         return study
     stamp = datetime.now(timezone.utc)
     name = name or (f"{attrs['study']}-{attrs['task']}-{attrs['method']}-"
@@ -246,12 +249,31 @@ def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, 
     return study
 
 
-def _fail_stale(study: Any) -> None:
-    """Trials a killed driver left RUNNING can never be told; mark them failed."""
+INTERRUPTED = "interrupted: the search driver stopped before this trial finished"
+
+
+def settle_stale(study: Any, recorded: Mapping[str, Mapping[str, Any]],
+                 objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Tell Optuna how the trials a killed driver left RUNNING ended.
+
+    A trial whose row reached the table before the driver died is told what the row says
+    (COMPLETE with its values, PRUNED when ASHA stopped it); any other one FAIL. Returns the
+    jobs of the latter, so the table records them as failed (never silently dropped).
+    """
     from optuna.trial import TrialState
 
+    unrecorded = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        job = t.user_attrs.get("job")
+        row = recorded.get(job["trial_id"]) if job else None
+        state, values = "FAIL", None
+        if row is not None:
+            state, values = ("PRUNED", None) if row["status"] == "stopped" else outcome(
+                row, False, objectives)
+        elif job is not None:
+            unrecorded.append(job)
+        study.tell(t.number, values, state=getattr(TrialState, state), skip_if_finished=True)
+    return unrecorded
 
 
 def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
@@ -425,6 +447,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--optuna-study names a study to continue: add --resume")
     study = open_optuna(paths.local / JOURNAL, args.optuna_study, args.resume, attrs,
                         directions(args.task, objectives), sampler)
+    stale = settle_stale(study, {r["trial_id"]: r for r in read_table(paths.table("trials"))},
+                         objectives)
+    if stale:
+        upsert_table([search_row(preset, name, version, j, None, RuntimeError(INTERRUPTED))
+                      for j in stale], paths.table("trials"), trials_schema)
     before = len(study.trials)
 
     init_ray(args.num_cpus)
@@ -516,6 +543,7 @@ def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], s
             err: BaseException | None) -> dict[str, Any]:
         return search_row(preset, name, version, job, m, err)
 
+    rec = recorder(paths.table("trials"), row)
     tuner = tune.Tuner(
         tune.with_resources(finetune_trial, res),
         param_space={"params": params, "study": name, "cache": str(paths.cache),
@@ -525,10 +553,12 @@ def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], s
                                     reuse_actors=True),
         run_config=run_config(
             f"search-{study.study_name}-{datetime.now(timezone.utc):%H%M%S%f}", paths, trials,
-            "search", row,
+            "search", rec,
         ),
     )
-    rows = [row(r.config["job"], r.metrics, r.error) for r in tuner.fit()]
+    results = tuner.fit()
+    rec.check()
+    rows = [row(r.config["job"], r.metrics, r.error) for r in results]
     upsert_table(rows, paths.table("trials"), trials_schema)
     return rows, searcher.told
 
@@ -559,9 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         out = run(args)
-    except AttrsubError as exc:
-        print(f"search: error: {exc}", file=sys.stderr)
-        return 2
+    except STUDY_ERRORS as exc:
+        return print_error("search", exc)
     print(summary(out))
     return 0
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 import pytest
 
-from attrsub.errors import ConfigError
+from attrsub.errors import ConfigError, StorageError
 from results.schema import (
     OVERLAPS_SCHEMA,
     SPECTRA_SCHEMA,
@@ -49,6 +50,23 @@ def test_upsert_replaces_by_trial_id(tmp_path) -> None:
     assert a["main"] == 2.0 and a["test__pc_acc"] == pytest.approx(0.3)
     assert df.set_index("trial_id").loc["b", "error"] == "boom"
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_failed_write_raises_storage_error_and_keeps_the_table(tmp_path) -> None:
+    path = tmp_path / "trials.parquet"
+    upsert_table([_row("a", main=1.0)], path, trials_schema)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's owner-only 0600
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(StorageError, match="cannot write results table .*--resume"):
+        write_table([_row("b")], trials_schema(), blocked / "trials.parquet")
+    assert [r["trial_id"] for r in read_table(path)] == ["a"]  # the old table is intact
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_nonfinite_becomes_null(tmp_path) -> None:

@@ -18,7 +18,7 @@ import yaml
 from attrsub.errors import ConfigError
 from results.schema import PARETO_SCHEMA
 from sweeps.config import PRESETS, from_dict, load_preset
-from sweeps.search import main, make_job, make_searcher, open_optuna, outcome
+from sweeps.search import main, make_job, make_searcher, open_optuna, outcome, settle_stale
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
@@ -150,7 +150,6 @@ def test_searcher_tells_optuna_pruned_with_the_step(tmp_path: Path) -> None:
 
 
 def test_each_run_gets_its_own_study_and_resume_picks_the_latest(tmp_path: Path) -> None:
-    import optuna
 
     journal = tmp_path / "optuna.journal"
     attrs = {"study": "s", "task": "print_attack", "method": "reduced",
@@ -159,14 +158,34 @@ def test_each_run_gets_its_own_study_and_resume_picks_the_latest(tmp_path: Path)
     second = open_optuna(journal, None, False, attrs, ["minimize"], None)
     assert first.study_name != second.study_name
     second.tell(second.ask(), 1.0)
-    stale = second.ask()  # a killed driver's trial, never told
     again = open_optuna(journal, None, True, attrs, ["minimize"], None)
-    assert again.study_name == second.study_name and len(again.trials) == 2
-    assert again.trials[stale.number].state == optuna.trial.TrialState.FAIL
+    assert again.study_name == second.study_name and len(again.trials) == 1
     with pytest.raises(ConfigError, match="nothing to resume"):
         open_optuna(journal, None, True, {**attrs, "method": "lora"}, ["minimize"], None)
     with pytest.raises(ConfigError, match="objective"):
         open_optuna(journal, second.study_name, True, attrs, ["minimize", "minimize"], None)
+
+
+def test_resume_settles_the_trials_a_killed_driver_left_running(tmp_path: Path) -> None:
+    import optuna
+
+    attrs = {"study": "s", "task": "print_attack", "method": "lora",
+             "objectives": "error", "preset": "smoke", "sampler": "tpe"}
+    study = open_optuna(tmp_path / "j", None, False, attrs, ["minimize"], None)
+    jobs = {}
+    for name in ("unrecorded", "recorded-ok", "recorded-stopped"):
+        t = study.ask()
+        jobs[name] = {"trial_id": name}
+        t.set_user_attr("job", jobs[name])
+    rows = {"recorded-ok": {"status": "ok", "main": 0.25, "trainable_params": 10},
+            "recorded-stopped": {"status": "stopped"}}
+    again = open_optuna(tmp_path / "j", None, True, attrs, ["minimize"], None)
+    assert settle_stale(again, rows, ("error",)) == [jobs["unrecorded"]]
+    states = [t.state for t in again.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE,
+                      optuna.trial.TrialState.PRUNED]
+    assert again.trials[1].value == 0.25
+    assert settle_stale(again, rows, ("error",)) == []  # nothing left running
 
 
 # ---------------------------------------------------------------------------------------------

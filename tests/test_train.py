@@ -53,6 +53,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(
     first = train(part, dataset, cfg, checkpoint_dir=tmp_path, callback=stop_at_two,
                   progress=False)
     assert first.stopped_early and first.steps == 2 and stops == [1, 2]
+    assert first.resumed_from == 0
     resumed = _model()
     with torch.no_grad():  # the checkpoint, not the init, must set the trained weights
         for name, p in resumed.named_parameters():
@@ -60,6 +61,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(
                 p.add_(0.1)
     second = train(resumed, dataset, cfg, checkpoint_dir=tmp_path, progress=False)
     assert second.steps == 4 and [h["step"] for h in second.history] == [1, 2, 3, 4]
+    assert second.resumed_from == 2
     for (name, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters(), strict=True):
         if a.requires_grad:
             assert torch.allclose(a, b, atol=1e-5), name
