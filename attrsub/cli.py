@@ -87,12 +87,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from attrsub.methods import load_trained
 
         model = load_trained(base, args.adapter, bank=args.bank)
-    metrics = evaluate(model, data, device=args.device, max_samples=args.max_samples)
+    metrics = evaluate(
+        model, data, device=args.device, max_samples=args.max_samples, depth_align=args.depth_align
+    )
     if args.json:
         print(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         for k, v in metrics.items():
             print(f"{k:>16s}  {v:.4f}")
+    return 0
+
+
+def cmd_fetch_real(args: argparse.Namespace) -> int:
+    from attrsub.debfetch import fetch_real
+
+    path = fetch_real(args.cache, debs=args.debs or ())
+    print(path)
+    if args.export is not None:
+        from attrsub.captures import export_all
+
+        for source, folder in export_all(args.export, args.cache, views=args.views).items():
+            print(f"{source}: {folder}")
     return 0
 
 
@@ -249,8 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=112, help="resize folder images to this")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--depth-align", default="median",
+                   help="depth alignment before AbsRel: none, median, lsq or scale_shift")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("fetch-real", help="download and cache the real captured data (Debian)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache root (default: $ATTRSUB_CACHE or ~/.cache/attrsub/datasets)")
+    p.add_argument("--debs", type=Path, nargs="+", default=None,
+                   help="use these visp-images-data and opencv-doc .debs instead of downloading")
+    p.add_argument("--export", type=Path, default=None,
+                   help="also write each source as a bring-your-own folder EXPORT/<source>")
+    p.add_argument("--views", type=int, default=4, help="frames per exported castel sample")
+    p.set_defaults(func=cmd_fetch_real)
 
     p = sub.add_parser("mine-adapter", help="train one LoRA adapter on a factor dataset")
     p.add_argument("--factor", required=True, help=f"one of {', '.join(FACTORS)}")

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from attrsub.align import DEPTH_ALIGN_MODES
 from attrsub.data import SceneDataset, collate, find_datasets
-from attrsub.errors import DataError
+from attrsub.errors import ConfigError, DataError
 from attrsub.folders import FolderDataset, is_folder_dataset
 from attrsub.metrics import evaluate_batch
 
@@ -38,11 +39,15 @@ def evaluate(
     *,
     device: str | torch.device = "cpu",
     max_samples: int | None = None,
+    depth_align: str = "median",
 ) -> dict[str, float]:
     """Mean of each metric over the dataset's samples (NaN-free: absent metrics are skipped).
 
     Camera and point-cloud metrics need poses; a folder without them gets depth metrics.
+    ``depth_align`` is how predicted depth meets the ground truth (``attrsub.align``).
     """
+    if depth_align not in DEPTH_ALIGN_MODES:
+        raise ConfigError(f"depth_align must be one of {DEPTH_ALIGN_MODES}, got {depth_align!r}")
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
@@ -52,7 +57,7 @@ def evaluate(
     for i in range(n):
         batch = {k: v.to(device) for k, v in collate([dataset[i]]).items()}
         pred = model(batch["images"])
-        for key, value in evaluate_batch(pred, batch).items():
+        for key, value in evaluate_batch(pred, batch, depth_align=depth_align).items():
             if math.isfinite(value):
                 sums[key] += value
                 counts[key] += 1

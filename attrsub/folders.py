@@ -75,16 +75,19 @@ def _load_depth(path: Path, unit: float, invalid: float) -> np.ndarray:
     return depth.astype(np.float32)
 
 
-def _crop_resize(
+def crop_resize(
     rgb: np.ndarray, depth: np.ndarray, K: np.ndarray | None, size: int
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """Centre-crop an RGB uint8 [H,W,3] image and its depth [H,W] to a square, resize to
+    ``size`` (bilinear antialiased colour, nearest depth so no depth is invented across
+    edges) and shift/scale the pinhole ``K`` (pixel centres at +0.5) to match."""
     h, w = depth.shape
     s = min(h, w)
     y0, x0 = (h - s) // 2, (w - s) // 2
     img = torch.from_numpy(rgb[y0 : y0 + s, x0 : x0 + s].copy()).permute(2, 0, 1).float() / 255.0
     img = F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True,
                         align_corners=False)[0].clamp(0, 1)
-    dep = torch.from_numpy(depth[y0 : y0 + s, x0 : x0 + s])
+    dep = torch.from_numpy(depth[y0 : y0 + s, x0 : x0 + s].copy())
     dep = F.interpolate(dep[None, None], size=(size, size), mode="nearest-exact")[0, 0]
     if K is not None:
         scale = size / s
@@ -139,25 +142,53 @@ def load_folder_sample(
                     f"{sample / 'cameras.json'} frame {stem!r}: K must be 3x3 and "
                     f"extrinsics 3x4, got {K.shape} and {E.shape}"
                 )
-        img, dep, K = _crop_resize(rgb, depth, K, size)
-        images.append(img)
-        depths.append(dep)
+        images.append(rgb)
+        depths.append(depth)
         Ks.append(K)
         Es.append(E)
+    if cams is None:
+        return assemble_sample(images, depths, None, None, size)
+    return assemble_sample(images, depths, Ks, Es, size)
+
+
+def assemble_sample(
+    rgbs: list[np.ndarray],
+    depths: list[np.ndarray],
+    Ks: list[np.ndarray] | None,
+    Es: list[np.ndarray] | None,
+    size: int,
+) -> dict[str, torch.Tensor]:
+    """Full-resolution frames as one multi-view sample dict (the keys rendered data have).
+
+    ``rgbs`` uint8 [H,W,3], ``depths`` float32 metres [H,W] (0 = invalid), ``Ks`` pinhole
+    matrices (pixel centres at +0.5), ``Es`` OpenCV camera-from-world [3,4] in any world.
+    Every loader of captured data goes through here, so a capture and its bring-your-own
+    export give identical tensors.
+    """
+    if (Ks is None) != (Es is None):
+        raise DataError("a sample needs both intrinsics and extrinsics, or neither")
+    images, deps, new_Ks = [], [], []
+    for i, (rgb, depth) in enumerate(zip(rgbs, depths, strict=True)):
+        img, dep, K = crop_resize(rgb, depth, None if Ks is None else Ks[i], size)
+        images.append(img)
+        deps.append(dep)
+        new_Ks.append(K)
     out: dict[str, torch.Tensor] = {
         "images": torch.stack(images),
-        "depths": torch.stack(depths),
-        "valid": torch.stack(depths) > 0,
+        "depths": torch.stack(deps),
+        "valid": torch.stack(deps) > 0,
     }
-    if cams is not None:
-        out.update(_cameras_and_points(out["depths"], Ks, Es))
+    if Ks is not None and Es is not None:
+        out.update(cameras_and_points(out["depths"], new_Ks, list(Es)))
     return out
 
 
-def _cameras_and_points(
+def cameras_and_points(
     depths: torch.Tensor, Ks: list[np.ndarray], Es: list[np.ndarray]
 ) -> dict[str, torch.Tensor]:
-    """Re-express poses with world = first camera, and lift depth to world points."""
+    """Re-express poses with world = first camera, and lift depth to world points.
+
+    ``Ks`` must already match the ``depths`` grid (pixel centres at +0.5)."""
     def to4(E: np.ndarray) -> np.ndarray:
         return np.vstack([E, [0.0, 0.0, 0.0, 1.0]])
 

@@ -19,6 +19,9 @@ Two synthetic stand-ins for the paper's tasks:
   cross-domain on a disjoint family (spheres and height fields, noise/patchwork albedo,
   2-3 coloured lights), as THuman -> 2K2K.
 
+And one real-data task, ``real`` (``RealTask``): fine-tune on real RGB-D frames, test on
+held-out frames and on two stereo sources (``attrsub.captures``).
+
 Every scene draw uses its own numpy stream keyed by (seed, task, split, scene, attribute), so
 splits are deterministic from the seed and never share scenes.
 """
@@ -39,7 +42,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from attrsub.align import DEPTH_ALIGN_MODES
+from attrsub.captures import (
+    CASTEL_FRAMES,
+    CHESS_PAIRS,
+    CaptureDataset,
+    aloe_captures,
+    castel_captures,
+    castel_windows,
+    chessboard_captures,
+)
 from attrsub.data import SceneDataset, build_dataset, collate
+from attrsub.debfetch import require_real_data
 from attrsub.errors import ConfigError
 from attrsub.factors import NARROW, LightingRanges, draw_camera, draw_lighting
 from attrsub.metrics import evaluate_batch
@@ -122,10 +136,23 @@ class Task:
     description: str
     main_metric: str
     lower_is_better: bool = True
+    # How predicted depth is aligned to ground truth before AbsRel/delta1 (attrsub.align).
+    depth_align: str = "median"
+
+    def __post_init__(self) -> None:
+        if self.depth_align not in DEPTH_ALIGN_MODES:
+            raise ConfigError(
+                f"task {self.name!r}: depth_align must be one of {DEPTH_ALIGN_MODES}, got "
+                f"{self.depth_align!r}"
+            )
 
     def check(self, size: TaskSize) -> TaskSize:
         """Reject sizes this task cannot use (before rendering or loading anything)."""
         return _check_size_arg(size)
+
+    def require_data(self, cache: PathLike | None) -> None:
+        """DataError, before any trial, when data this task cannot make itself are absent
+        (none by default: scene tasks render theirs)."""
 
     def train_data(
         self, cache: PathLike | None, size: TaskSize, seed: int = 0, *, device: str = "cpu"
@@ -173,7 +200,9 @@ class Task:
         out: dict[str, float] = {}
         stats: dict[str, list[dict[str, float]]] = {}
         for split, dataset in self.eval_data(cache, size, seed, device=str(dev)).items():
-            means, stats[split] = run_split(model, dataset, dev, self.sample_stats)
+            means, stats[split] = run_split(
+                model, dataset, dev, self.sample_stats, depth_align=self.depth_align
+            )
             out.update({f"{split}/{k}": v for k, v in means.items()})
             out[f"{split}/samples"] = float(len(stats[split]))
         out.update(self.task_metrics(model, cache, size, seed, dev, stats, dict(out)))
@@ -204,7 +233,12 @@ StatsFn = Callable[[dict[str, Any], dict[str, torch.Tensor]], dict[str, float]]
 
 @torch.no_grad()
 def run_split(
-    model: nn.Module, dataset: Any, device: torch.device, stats_fn: StatsFn | None = None
+    model: nn.Module,
+    dataset: Any,
+    device: torch.device,
+    stats_fn: StatsFn | None = None,
+    *,
+    depth_align: str = "median",
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Mean ``evaluate_batch`` metrics over a dataset (non-finite values skipped, as in
     ``attrsub.evaluate``) plus each sample's ``stats_fn(pred, batch)``."""
@@ -218,7 +252,7 @@ def run_split(
         for i in range(len(dataset)):
             batch = {k: v.to(device) for k, v in collate([dataset[i]]).items()}
             pred = model(batch["images"])
-            for key, value in evaluate_batch(pred, batch).items():
+            for key, value in evaluate_batch(pred, batch, depth_align=depth_align).items():
                 keys.add(key)
                 if math.isfinite(value):
                     sums[key] += value
@@ -708,6 +742,80 @@ class CrossDomainTask(SceneTask):
         )
 
 
+# --------------------------------------------------------------------------- real captures
+
+
+@dataclass(frozen=True)
+class RealTask(Task):
+    """Synthetic-to-real: few-shot fine-tuning of the synthetic-pretrained model on captured
+    frames (``attrsub.captures``; fetch them with ``attrsub fetch-real``).
+
+    - ``train``: castel windows of ``views`` consecutive RGB-D frames (30 frames cut into
+      30 // views non-overlapping windows; the remainder is dropped).
+    - ``test``: held-out castel windows, disjoint from the training ones (the main metric).
+      Adjacent windows of one slow sequence are alike, so this measures adapting to one
+      real scene and sensor, not generalising to new scenes.
+    - ``chessboard``: stereo pairs (two views each; depth only on the board) and ``aloe``:
+      the Middlebury stereo pair (two views, dense depth), both never trained on.
+
+    TaskSize maps as: ``views`` -> window length, capped at 15 so two windows exist;
+    ``eval_scenes`` -> test windows (at most half of them) and chessboard pairs (at most
+    13); ``train_scenes`` -> training windows (at most the rest); ``size`` -> image size.
+    Splits come from a permutation of the windows (and of the pairs) seeded by ``seed``.
+    Depth is scored after per-image scale-and-shift alignment (the Aloe scale rests on an
+    approximate calibration, and VGGT-style models predict depth up to scale); castel poses
+    are estimated (see ``attrsub.captures``), so its camera metrics are only indicative.
+    """
+
+    depth_align: str = "scale_shift"
+
+    def views(self, size: TaskSize) -> int:
+        return min(_check_size_arg(size).views, CASTEL_FRAMES // 2)
+
+    def windows(self, seed: int, size: TaskSize) -> dict[str, list[tuple[int, ...]]]:
+        """The castel frame windows of the train and test splits, deterministic from ``seed``."""
+        size, seed = self.check(size), check_seed(seed)
+        wins = castel_windows(self.views(size))
+        order = _rng(seed, self.name, "windows", 0, _LABEL).permutation(len(wins))
+        n_test = min(size.eval_scenes, len(wins) // 2)
+        n_train = min(size.train_scenes, len(wins) - n_test)
+        return {
+            "train": [wins[i] for i in sorted(order[n_test : n_test + n_train])],
+            "test": [wins[i] for i in sorted(order[:n_test])],
+        }
+
+    def chessboard_pairs(self, seed: int, size: TaskSize) -> list[int]:
+        """Indices into ``CHESS_PAIRS`` of the chessboard split."""
+        size, seed = self.check(size), check_seed(seed)
+        order = _rng(seed, self.name, "chessboard", 0, _LABEL).permutation(len(CHESS_PAIRS))
+        return sorted(int(i) for i in order[: min(size.eval_scenes, len(CHESS_PAIRS))])
+
+    def require_data(self, cache: PathLike | None) -> None:
+        require_real_data(cache)
+
+    def train_data(
+        self, cache: PathLike | None, size: TaskSize, seed: int = 0, *, device: str = "cpu"
+    ) -> CaptureDataset:
+        size = self.check(size)
+        root = require_real_data(cache)
+        return CaptureDataset(castel_captures(root, self.windows(seed, size)["train"]), size.size)
+
+    def eval_data(
+        self, cache: PathLike | None, size: TaskSize, seed: int = 0, *, device: str = "cpu"
+    ) -> dict[str, torch.utils.data.Dataset]:
+        size = self.check(size)
+        root = require_real_data(cache)
+        return {
+            "test": CaptureDataset(
+                castel_captures(root, self.windows(seed, size)["test"]), size.size
+            ),
+            "chessboard": CaptureDataset(
+                chessboard_captures(root, self.chessboard_pairs(seed, size)), size.size
+            ),
+            "aloe": CaptureDataset(aloe_captures(root), size.size),
+        }
+
+
 def scene_shapes(scene: SceneSpec) -> set[str]:
     """The primitive kinds a scene holds (sub-objects count as their shape)."""
     out = {
@@ -744,6 +852,12 @@ TASKS: dict[str, Task] = {
         description="train on boxes+cylinders/checker+stripes, test on spheres+height "
         "fields/noise+patchwork under coloured lights (THuman -> 2K2K)",
         main_metric="cross_domain/depth_absrel",
+    ),
+    "real": RealTask(
+        name="real",
+        description="synthetic-to-real: fine-tune on real RGB-D frames (ViSP castel), test on "
+        "held-out frames, chessboard stereo pairs and Middlebury Aloe",
+        main_metric="test/depth_absrel",
     ),
 }
 

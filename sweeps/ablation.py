@@ -232,8 +232,9 @@ def _mean_ci(vals: list[float]) -> tuple[float, float]:
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
-    """Per task: method -> main metric (mean ± 95% CI over seeds), trainable parameters, wall
-    time; then the reduced method's ablation axes, one line per variant."""
+    """Per task: method -> main metric (mean ± 95% CI over seeds), trainable parameters,
+    learning rate (tuned, with lr_search), wall time; then the reduced method's ablation
+    axes, one line per variant. Learning-rate search trials (stage search) are not listed."""
     from attrsub.methods import METHODS
     from attrsub.tasks import get_task
 
@@ -244,7 +245,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
         better = "lower" if t.lower_is_better else "higher"
         lines += [f"\n{task}: main = {t.main_metric} ({better} is better), mean ± 95% CI "
                   f"over seeds",
-                  f"  {'method':<34}{'main':>9} {'± CI':<8}{'n':>3}{'trainable':>11}{'wall_s':>8}"]
+                  f"  {'method':<34}{'main':>9} {'± CI':<8}{'n':>3}{'trainable':>11}"
+                  f"{'lr':>10}{'wall_s':>8}"]
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in ok:
             if r["task"] == task:
@@ -259,8 +261,9 @@ def summary(rows: list[dict[str, Any]]) -> str:
                                 key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
             mean, ci = _mean_ci([r["main"] for r in rs if r.get("main") is not None])
             wall = statistics.fmean(r["wall_s"] or 0.0 for r in rs)
+            lr = f"{rs[0]['lr']:.3g}" if rs[0].get("lr") is not None else "-"
             lines.append(f"  {label:<34}{mean:>9.4f} {ci:<8.4f}{len(rs):>3}"
-                         f"{rs[0].get('trainable_params') or 0:>11}{wall:>8.1f}")
+                         f"{rs[0].get('trainable_params') or 0:>11}{lr:>10}{wall:>8.1f}")
     failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
     if failed:
         lines.append(f"\n{len(failed)} trial(s) not ok: {', '.join(failed[:10])}")
@@ -275,8 +278,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sweeps.mine import run_mining
 
     t0 = time.perf_counter()
+    from attrsub.tasks import get_task
+
     st = open_study(args)
     preset, study, paths, version, weights = st.preset, st.name, st.paths, st.version, st.weights
+    for task in preset.tasks:  # data a task cannot make (real captures) exist, or stop here
+        get_task(task).require_data(paths.cache)
     trials_path = paths.table("trials")
     jobs = finetune_jobs(preset)
     init_ray(args.num_cpus)
@@ -289,6 +296,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not ray.get(handle.has_bank.remote(main_ext)):
             upsert_table(run_mining(preset, study, paths, version, weights), trials_path,
                          trials_schema)
+        tuned = {}
+        if preset.lr_search is not None:  # each method at its own best rate, equal budgets
+            from sweeps.search import tune_lrs
+
+            tuned = tune_lrs(preset, study, paths, version, weights)
+            for j in jobs:
+                j["lr"] = tuned.get((j["task"], j["method"]), j["lr"])
         done = {r["trial_id"] for r in read_table(trials_path) if r["status"] == "ok"}
         todo = [j for j in jobs if j["trial_id"] not in done]
         missing = ray.get(handle.missing.remote())
@@ -316,6 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "adapter_seeds": list(preset.adapter_seeds), "wall_s": wall,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "storage": paths.storage, "command": " ".join(sys.argv), "code_version": version,
+        "tuned_lr": {f"{t}/{m}": lr for (t, m), lr in sorted(tuned.items())},
     })
     report = None
     if not is_uri(paths.tables):  # the report reads local tables
@@ -325,6 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "study": study, "tables": {n: paths.table(n) for n in ("trials", "overlaps", "spectra")},
         "rows": read_table(trials_path), "actor": actor_stats, "wall_s": wall, "report": report,
+        "tuned_lr": tuned,
     }
 
 

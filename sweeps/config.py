@@ -38,7 +38,9 @@ _STAGES = {"mine", "finetune"}
 _RESOURCES = {"cpu", "gpu"}
 _SEARCH = {"sampler", "trials", "startup_trials", "concurrency", "asha", "space"}
 _ASHA = {"grace_period", "reduction_factor"}
+_LR_SEARCH = {"trials", "span", "seed", "sampler"}
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
+LR_SAMPLERS = ("grid", *SAMPLERS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,37 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class LrSearch:
+    """``downstream.lr_search``: tune every method's learning rate before stage 2, each with
+    the same budget, so methods are compared at their own best rate, not at one shared guess.
+
+    Optuna searches ``trials`` rates per (task, method), log-uniform in [lr / span, lr * span]
+    around the method's preset ``lr``; ``grid`` (the default) tries ``trials`` log-evenly
+    spaced rates of that range (the preset's own rate among them when ``trials`` is odd).
+    Search trials train on task seed ``seed`` (not one of the study's seeds), so the rate is
+    chosen on scenes the reported results never see.
+    """
+
+    trials: int
+    span: float = 10.0
+    seed: int = 1000
+    sampler: str = "grid"
+
+    def bounds(self, lr: float) -> tuple[float, float]:
+        """The searched range around a method's preset rate ``lr``."""
+        return lr / self.span, lr * self.span
+
+    def rates(self, lr: float) -> list[float]:
+        """The grid's rates around ``lr``, the range's ends exactly."""
+        if self.trials == 1:
+            return [lr]
+        low, high = self.bounds(lr)
+        inner = [lr * self.span ** (2 * i / (self.trials - 1) - 1)
+                 for i in range(1, self.trials - 1)]
+        return [low, *inner, high]
+
+
+@dataclass(frozen=True)
 class Preset:
     """A validated study preset (see sweeps/presets.yaml for the meaning of each field)."""
 
@@ -99,16 +132,18 @@ class Preset:
     ablation_extraction: tuple[str, ...]
     resources: dict[str, dict[str, float]]  # stage ("mine", "finetune") -> {"cpu", "gpu"}
     search: SearchConfig | None = None  # the optional ``search:`` section (sweeps/search.py)
+    lr_search: LrSearch | None = None  # the optional ``downstream.lr_search`` (None: off)
 
     def task_size(self) -> TaskSize:
         return TaskSize(self.scenes["train"], self.scenes["eval"], self.views, self.size)
 
 
-def _section(raw: dict[str, Any], key: str, allowed: set[str], where: str) -> dict[str, Any]:
+def _section(raw: dict[str, Any], key: str, allowed: set[str], where: str,
+             optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     val = raw.get(key)
     if not isinstance(val, dict):
         raise ConfigError(f"{where}: {key!r} must be a mapping with keys {sorted(allowed)}")
-    _no_unknown(val, allowed, f"{where}.{key}")
+    _no_unknown(val, allowed | optional, f"{where}.{key}")
     missing = sorted(allowed - set(val))
     if missing:
         raise ConfigError(f"{where}.{key} lacks {missing}")
@@ -191,7 +226,7 @@ def from_dict(name: str, raw: Any) -> Preset:
         extraction = ExtractConfig(**ext)
     except TypeError as exc:
         raise ConfigError(f"{where}.extraction: {exc}") from exc
-    down = _section(raw, "downstream", _DOWN, where)
+    down = _section(raw, "downstream", _DOWN, where, optional=frozenset({"lr_search"}))
     abl = _section(raw, "ablation", _ABLATION, where)
     res = _section(raw, "resources", _STAGES, where)
     resources = {}
@@ -266,7 +301,38 @@ def from_dict(name: str, raw: Any) -> Preset:
     _check_widths(preset, where)
     if raw.get("search") is not None:
         preset = dataclasses.replace(preset, search=_search(raw["search"], preset, where))
+    if down.get("lr_search") is not None:
+        lrs = _lr_search(down["lr_search"], f"{where}.downstream.lr_search")
+        if lrs.seed in preset.seeds:
+            raise ConfigError(
+                f"{where}.downstream.lr_search.seed {lrs.seed} is one of the study's seeds "
+                f"{list(preset.seeds)}; rates must be chosen on other scenes"
+            )
+        preset = dataclasses.replace(preset, lr_search=lrs)
     return preset
+
+
+def _lr_search(raw: Any, where: str) -> LrSearch:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be null or a mapping with keys {sorted(_LR_SEARCH)}")
+    _no_unknown(raw, _LR_SEARCH, where)
+    if "trials" not in raw:
+        raise ConfigError(f"{where} lacks 'trials' (rates tried per task and method)")
+    out = LrSearch(trials=_pos_int(raw["trials"], f"{where}.trials"))
+    if "span" in raw:
+        span = _pos_float(raw["span"], f"{where}.span")
+        if span <= 1:
+            raise ConfigError(f"{where}.span must be above 1 (rates lr/span .. lr*span), "
+                              f"got {span!r}")
+        out = dataclasses.replace(out, span=span)
+    if "seed" in raw:
+        out = dataclasses.replace(out, seed=_seeds([raw["seed"]], f"{where}.seed")[0])
+    if "sampler" in raw:
+        if raw["sampler"] not in LR_SAMPLERS:
+            raise ConfigError(f"unknown {where}.sampler {raw['sampler']!r}; valid: "
+                              f"{', '.join(LR_SAMPLERS)}")
+        out = dataclasses.replace(out, sampler=raw["sampler"])
+    return out
 
 
 def _check_widths(preset: Preset, where: str) -> None:

@@ -43,7 +43,8 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attrsub.errors import ConfigError
+from attrsub.tasks import get_task
 from results.schema import (
     PARETO_SCHEMA,
     TRIAL_COLUMNS,
@@ -60,7 +62,7 @@ from results.schema import (
     upsert_table,
     write_table,
 )
-from sweeps.ablation import finetune_trial
+from sweeps.ablation import finetune_jobs, finetune_trial
 from sweeps.config import Preset, SearchConfig, SearchParam, check_sampler, load_preset
 from sweeps.runtime import (
     STUDY_ERRORS,
@@ -129,8 +131,6 @@ def make_job(preset: Preset, task: str, method: str, values: Mapping[str, Any],
 
 def directions(task: str, objectives: tuple[str, ...]) -> list[str]:
     """Optuna directions: the main metric the way the task ranks it, parameters minimised."""
-    from attrsub.tasks import get_task
-
     error = "minimize" if get_task(task).lower_is_better else "maximize"
     return [error if o == "error" else "minimize" for o in objectives]
 
@@ -159,8 +159,6 @@ def outcome(result: Mapping[str, Any] | None, error: bool,
 def check_space(preset: Preset, task: str, method: str) -> tuple[SearchConfig,
                                                                  tuple[SearchParam, ...]]:
     """The preset's search section and the method's space, or a ConfigError naming why not."""
-    from attrsub.tasks import get_task
-
     if preset.search is None:
         raise ConfigError(f"preset {preset.name!r} has no search: section (see "
                           f"sweeps/presets.yaml)")
@@ -214,10 +212,8 @@ def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, 
     """Create a new uniquely named study in the journal at ``path``, or (``resume``) load the
     named one or the latest with the same task, method and objectives."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(str(path)))
+    storage = _journal(path)
     if resume:
         summaries = optuna.get_all_study_summaries(storage)
         if name is None:
@@ -276,9 +272,24 @@ def settle_stale(study: Any, recorded: Mapping[str, Mapping[str, Any]],
     return unrecorded
 
 
-def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
-                  objectives: tuple[str, ...]) -> Any:
-    """A Tune Searcher that asks ``study`` for each trial and tells it each outcome."""
+@dataclass
+class Stream:
+    """One Optuna study a searcher serves: its trials become jobs through ``job_of``; this run
+    asks it for ``budget`` trials and tells it every outcome on ``objectives``."""
+
+    study: Any
+    job_of: Callable[[Any], dict[str, Any] | None]
+    budget: int
+    objectives: tuple[str, ...] = ("error",)
+
+
+def make_searcher(streams: Sequence[Stream]) -> Any:
+    """A Tune Searcher that asks the streams' Optuna studies, in turn, for each Tune trial and
+    tells each study its own trials' outcomes; it is finished once every budget is asked.
+
+    One stream is an ordinary search; several (the ablation's learning-rate tuning, one study
+    per task and method) share one Tune run, so every CPU stays busy across them.
+    """
     from optuna.trial import TrialState
     from ray.tune.search import Searcher
 
@@ -287,7 +298,8 @@ def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
 
         def __init__(self) -> None:
             super().__init__()
-            self.live: dict[str, Any] = {}
+            self.asked = [0] * len(streams)
+            self.live: dict[str, tuple[Stream, Any]] = {}
             self.steps: dict[str, int] = {}
             self.told: Counter[str] = Counter()
 
@@ -296,20 +308,26 @@ def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
             return True  # the space is the preset's, not Tune's param_space
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            open_ = [i for i, s in enumerate(streams) if self.asked[i] < s.budget]
+            if not open_:
+                return Searcher.FINISHED
+            i = min(open_, key=lambda k: self.asked[k])  # round robin over the studies
+            stream = streams[i]
             for _ in range(100):
-                trial = study.ask()
-                job = job_of(trial)
+                trial = stream.study.ask()
+                job = stream.job_of(trial)
                 if job is not None:
                     break
                 trial.set_user_attr("reason", "every rank_* is 0: no attribute left")
-                study.tell(trial, state=TrialState.FAIL)
+                stream.study.tell(trial, state=TrialState.FAIL)
                 self.told["FAIL"] += 1
             else:
                 raise ConfigError("100 suggestions in a row left no attribute in the basis; "
                                   "raise the rank_* bounds")
+            self.asked[i] += 1
             trial.set_user_attr("job", job)
             trial.set_user_attr("tune_trial", trial_id)
-            self.live[trial_id] = trial
+            self.live[trial_id] = (stream, trial)
             return {"job": job}
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -317,10 +335,11 @@ def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
                     or self.steps.get(trial_id) == result["step"]:
                 return
             self.steps[trial_id] = int(result["step"])
+            stream, trial = self.live[trial_id]
             loss = result.get("loss")
             # single objective: the training loss orders pruned trials for the sampler
-            if len(objectives) == 1 and loss is not None and math.isfinite(loss):
-                self.live[trial_id].report(float(loss), int(result["step"]))
+            if len(stream.objectives) == 1 and loss is not None and math.isfinite(loss):
+                trial.report(float(loss), int(result["step"]))
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
                               error: bool = False) -> None:
@@ -328,8 +347,8 @@ def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
                 return
             if result and "step" in result:  # a STOP decision's result reaches only here
                 self.on_trial_result(trial_id, result)
-            trial = self.live.pop(trial_id)
-            state, values = outcome(result, error, objectives)
+            stream, trial = self.live.pop(trial_id)
+            state, values = outcome(result, error, stream.objectives)
             step = self.steps.pop(trial_id, None)
             if state == "PRUNED" and step is not None:
                 trial.set_user_attr("step", step)
@@ -337,7 +356,7 @@ def make_searcher(study: Any, job_of: Callable[[Any], dict[str, Any] | None],
                 trial.set_user_attr("steps", result.get("steps"))
                 if result.get("total_rank") is not None:
                     trial.set_user_attr("total_rank", int(result["total_rank"]))
-            study.tell(trial, values, state=getattr(TrialState, state))
+            stream.study.tell(trial, values, state=getattr(TrialState, state))
             self.told[state] += 1
 
     return AskTell()
@@ -439,6 +458,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     weights = check_weights(preset, args.weights)
     name = args.study or preset.name
     paths = study_paths(args.storage, name, args.work_dir)
+    get_task(args.task).require_data(paths.cache)
     version = code_version()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     attrs = {"study": name, "task": args.task, "method": args.method,
@@ -516,14 +536,12 @@ def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], s
             args: argparse.Namespace, objectives: tuple[str, ...],
             trials: int) -> tuple[list[dict[str, Any]], Counter[str]]:
     """Run ``trials`` Tune trials driven by the Optuna study; rows are written as they end."""
-    from ray import tune
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     def job_of(trial: Any) -> dict[str, Any] | None:
         return make_job(preset, args.task, args.method, suggest(trial, space),
                         f"search-{study.study_name}-{trial.number:04d}")
 
-    searcher = make_searcher(study, job_of, objectives)
     steps = next((p for p in space if p.name == "steps"), None)
     max_t = int(steps.high) if steps is not None else preset.steps
     scheduler = None
@@ -533,9 +551,26 @@ def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], s
             grace_period=int(cfg.asha["grace_period"]),
             reduction_factor=cfg.asha["reduction_factor"],
         )
+    return run_streams(
+        preset, [Stream(study, job_of, trials, objectives)], name, paths, version, weights,
+        experiment=f"search-{study.study_name}", desc="search", scheduler=scheduler,
+        concurrency=cfg.concurrency,
+    )
+
+
+def run_streams(preset: Preset, streams: Sequence[Stream], name: str, paths: StudyPaths,
+                version: str, weights: str | None, *, experiment: str, desc: str,
+                scheduler: Any = None,
+                concurrency: int | None = None) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """One Tune run of fine-tuning trials asked from ``streams``' Optuna studies; each row
+    is written as its trial ends, and all of them (stage ``search``) are returned."""
+    from ray import tune
+
+    total = sum(s.budget for s in streams)
+    searcher = make_searcher(streams)
     res = preset.resources["finetune"]
     params = {"model": preset.model, "weights": weights, "random_init": preset.random_init,
-              "report_every": preset.report_every, "rank": preset.rank,
+              "steps": preset.steps, "report_every": preset.report_every, "rank": preset.rank,
               "batch_size": preset.batch_size, "views": preset.views, "size": preset.size,
               **preset.scenes}
 
@@ -549,18 +584,105 @@ def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], s
         param_space={"params": params, "study": name, "cache": str(paths.cache),
                      "cpu": res["cpu"]},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=trials, max_concurrent_trials=cfg.concurrency,
+                                    num_samples=total, max_concurrent_trials=concurrency,
                                     reuse_actors=True),
-        run_config=run_config(
-            f"search-{study.study_name}-{datetime.now(timezone.utc):%H%M%S%f}", paths, trials,
-            "search", rec,
-        ),
+        run_config=run_config(f"{experiment}-{datetime.now(timezone.utc):%H%M%S%f}", paths,
+                              total, desc, rec),
     )
     results = tuner.fit()
     rec.check()
     rows = [row(r.config["job"], r.metrics, r.error) for r in results]
     upsert_table(rows, paths.table("trials"), trials_schema)
     return rows, searcher.told
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablation's learning-rate tuning: one Optuna study per (task, method), equal budgets
+
+
+def lr_study_name(study: str, task: str, method: str) -> str:
+    return f"{study}-lr-{task}-{method}"
+
+
+def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
+             weights: str | None) -> dict[tuple[str, str], float]:
+    """The best learning rate of every trained method on every task (preset.lr_search).
+
+    Each (task, method) has its own Optuna study in the study's journal, so a resumed study
+    asks only for the trials still missing; all of them run in one Tune run. A method with
+    no completed trial keeps its preset rate.
+    """
+    import optuna
+
+    cfg = preset.lr_search
+    if cfg is None:
+        raise ConfigError(f"preset {preset.name!r} has no downstream.lr_search")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _journal(paths.local / JOURNAL)
+    recorded = {r["trial_id"]: r for r in read_table(paths.table("trials"))}
+    streams, studies = [], {}
+    for task in preset.tasks:
+        for method in preset.methods:
+            if method == "none":
+                continue
+            lr = preset.lr[method]
+            sampler = (_grid_sampler({"lr": cfg.rates(lr)}, cfg.seed) if cfg.sampler == "grid"
+                       else make_sampler(cfg.sampler, cfg.seed, 0, 1))
+            study = optuna.create_study(
+                storage=storage, study_name=lr_study_name(name, task, method),
+                directions=directions(task, ("error",)), sampler=sampler, load_if_exists=True)
+            stale = settle_stale(study, recorded, ("error",))
+            if stale:
+                upsert_table([search_row(preset, name, version, j, None,
+                                         RuntimeError(INTERRUPTED)) for j in stale],
+                             paths.table("trials"), trials_schema)
+            studies[task, method] = study
+            budget = cfg.trials - len(study.trials)  # asked trials, failed ones included
+            if budget > 0:
+                streams.append(Stream(study, _lr_job(preset, task, method), budget))
+    if streams:
+        run_streams(preset, streams, name, paths, version, weights,
+                    experiment=f"{name}-lr", desc="lr search")
+    return {key: (s.best_params["lr"] if _has_complete(s) else preset.lr[key[1]])
+            for key, s in studies.items()}
+
+
+def _lr_job(preset: Preset, task: str,
+            method: str) -> Callable[[Any], dict[str, Any] | None]:
+    """Jobs of one (task, method) learning-rate study: exactly the method's main-grid job
+    (same ranks, basis, budget), at the search seed, with the suggested rate."""
+    cfg = preset.lr_search
+    assert cfg is not None
+    main = next(j for j in finetune_jobs(preset)
+                if j["axis"] == "main" and j["task"] == task and j["method"] == method)
+    low, high = cfg.bounds(preset.lr[method])
+
+    def job_of(trial: Any) -> dict[str, Any]:
+        return {**main, "axis": "lr", "seed": cfg.seed,
+                "ranks": {a: main["rank"] for a in main["factors"]},
+                "lr": trial.suggest_float("lr", low, high, log=True),
+                "trial_id": f"lr-{task}-{method}-{trial.number:03d}"}
+
+    return job_of
+
+
+def _grid_sampler(grid: dict[str, list[float]], seed: int) -> Any:
+    """Optuna's GridSampler for ask/tell: its ``after_trial`` stops ``study.optimize`` once
+    the grid is done, which raises outside ``optimize``; here the budget is the grid."""
+    import optuna
+
+    class AskTellGrid(optuna.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskTellGrid(grid, seed=seed)
+
+
+def _journal(path: Path) -> Any:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
 def summary(out: dict[str, Any]) -> str:

@@ -44,10 +44,12 @@ def _merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_presets(path: Path, change: dict[str, Any]) -> Path:
-    """The smoke preset, one attribute and one short mining trial, with ``change`` merged in."""
+    """The smoke preset, one attribute, one short mining trial, one task and no learning-rate
+    search, with ``change`` merged in."""
     smoke = yaml.safe_load((REPO / "sweeps" / "presets.yaml").read_text())["smoke"]
     small = {"factors": ["texture"], "groups": 1, "mining": {"steps": 2},
-             "ablation": {"subsets": [["texture"]]}}
+             "ablation": {"subsets": [["texture"]]},
+             "downstream": {"tasks": ["print_attack"], "lr_search": None}}
     preset = _merge(_merge(smoke, small), change)
     # a search space is replaced, not merged: smoke's names all four attributes
     preset["search"]["space"] = change.get("search", {}).get(

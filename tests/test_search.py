@@ -18,7 +18,15 @@ import yaml
 from attrsub.errors import ConfigError
 from results.schema import PARETO_SCHEMA
 from sweeps.config import PRESETS, from_dict, load_preset
-from sweeps.search import main, make_job, make_searcher, open_optuna, outcome, settle_stale
+from sweeps.search import (
+    Stream,
+    main,
+    make_job,
+    make_searcher,
+    open_optuna,
+    outcome,
+    settle_stale,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
@@ -131,12 +139,13 @@ def test_searcher_tells_optuna_pruned_with_the_step(tmp_path: Path) -> None:
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     from sweeps.search import suggest
 
-    searcher = make_searcher(
+    searcher = make_searcher([Stream(
         study, lambda t: make_job(p, "print_attack", "reduced", suggest(t, space),
-                                  f"x-{t.number}"), ("error", "params"))
+                                  f"x-{t.number}"), 3, ("error", "params"))])
     assert searcher.set_search_properties(None, None, {})
     for tid in ("a", "b", "c"):
         assert searcher.suggest(tid)["job"]["method"] == "reduced"
+    assert searcher.suggest("d") == searcher.FINISHED  # the budget is asked
     searcher.on_trial_result("a", {"step": 1, "loss": 2.0})
     searcher.on_trial_result("a", {"step": 2, "loss": 1.5})
     searcher.on_trial_complete("a", {"step": 3, "loss": 1.4})  # Tune's STOP result

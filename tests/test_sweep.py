@@ -36,17 +36,28 @@ def _study(storage: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def _check_tables(study_dir: Path) -> pd.DataFrame:
     preset = load_preset("smoke")
-    n = len(mining_jobs(preset)) + len(finetune_jobs(preset))
+    trained = [m for m in preset.methods if m != "none"]
+    n_lr = len(preset.tasks) * len(trained) * preset.lr_search.trials
+    n = len(mining_jobs(preset)) + len(finetune_jobs(preset)) + n_lr
     trials = pd.read_parquet(study_dir / "trials.parquet")
     assert len(trials) == n and trials.trial_id.is_unique
     assert set(TRIAL_COLUMNS) <= set(trials.columns)
     assert (trials.status == "ok").all(), trials[trials.status != "ok"][["trial_id", "error"]]
     ft = trials[trials.stage == "finetune"]
-    assert set(ft.method) == set(preset.methods)
-    metrics = [c for c in trials.columns if "__" in c] + ["main"]
-    assert "test__pc_acc" in metrics
-    assert all(math.isfinite(v) for v in ft[metrics].to_numpy().ravel())
+    assert set(ft.method) == set(preset.methods) and set(ft.task) == set(preset.tasks)
+    for task, rows in ft.groupby("task"):  # each task's own metrics, all finite
+        metrics = [c for c in rows.columns if "__" in c and rows[c].notna().any()] + ["main"]
+        assert "test__depth_absrel" in metrics
+        assert all(math.isfinite(v) for v in rows[metrics].to_numpy().ravel()), task
     assert (ft.set_index("method").trainable_params.loc["none"] == 0).all()
+    # every trained method ran at the rate its learning-rate search found best
+    lr_rows = trials[trials.axis == "lr"]
+    assert len(lr_rows) == n_lr and (lr_rows.stage == "search").all()
+    assert set(lr_rows.seed) == {preset.lr_search.seed}
+    for (task, method), rows in lr_rows.groupby(["task", "method"]):
+        best = set(rows.loc[rows["main"] == rows["main"].min(), "lr"])  # ties: any of them
+        used = set(ft[(ft.task == task) & (ft.method == method)].lr)
+        assert len(used) == 1 and used <= best, (task, method, used, best)
     overlaps = pd.read_parquet(study_dir / "overlaps.parquet")
     spectra = pd.read_parquet(study_dir / "spectra.parquet")
     assert list(overlaps.columns) == OVERLAPS_SCHEMA.names and len(overlaps) > 0
