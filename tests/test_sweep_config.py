@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 
 import pytest
 import yaml
@@ -44,6 +46,13 @@ def test_unknown_preset_lists_valid() -> None:
         (("resources", "mine", "gpu"), 1.5, "whole GPUs"),
         (("resources", "mine", "tpu"), 1, "unknown key"),
         (("extraction", "method"), "pca", "extraction method"),
+        (("downstream", "lr_search"), {"span": 4}, "lacks 'trials'"),
+        (("downstream", "lr_search"), {"trials": 0}, "trials must be a positive"),
+        (("downstream", "lr_search"), {"trials": 3, "span": 1}, "span must be above 1"),
+        (("downstream", "lr_search"), {"trials": 3, "sampler": "bohb"}, "bohb"),
+        (("downstream", "lr_search"), {"trials": 3, "seed": 0}, "one of the study's seeds"),
+        (("downstream", "lr_search"), {"trials": 3, "steps": 9}, "unknown key"),
+        (("downstream", "lr_search"), None, None),
     ],
 )
 def test_bad_fields_are_named(raw: dict, path: tuple, value: object, match: str | None) -> None:
@@ -57,6 +66,16 @@ def test_bad_fields_are_named(raw: dict, path: tuple, value: object, match: str 
         return
     with pytest.raises(ConfigError, match=match):
         from_dict("x", cfg)
+
+
+def test_lr_search_grid_spans_the_range_around_each_rate() -> None:
+    cfg = load_preset("quick").lr_search
+    assert cfg is not None and cfg.trials == 3
+    assert cfg.rates(0.5) == [0.125, 0.5, 2.0]  # ends exactly, the preset's rate in the middle
+    assert cfg.bounds(0.5) == (0.125, 2.0)
+    five = dataclasses.replace(cfg, trials=5, span=10.0).rates(1.0)
+    assert five[0] == 0.1 and five[-1] == 10.0 and five[2] == pytest.approx(1.0)
+    assert all(b / a == pytest.approx(10 ** 0.5) for a, b in itertools.pairwise(five))
 
 
 def test_subset_outside_study_factors_is_refused(raw: dict) -> None:
