@@ -291,6 +291,17 @@ def run_grid(
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=run_config(experiment, paths, len(jobs), desc, rec),
     )
-    results = tuner.fit()
+    return [row(r.config["job"], r.metrics, r.error) for r in fit(tuner, rec)]
+
+
+def fit(tuner: Any, rec: Any) -> Any:
+    """``tuner.fit()``, raising the recorder's StorageError once storage has failed: Tune may
+    then trip over files it could not write itself (an empty error.pkl raises EOFError while
+    it builds the results), which would hide the cause."""
+    try:
+        results = tuner.fit()
+    except Exception:
+        rec.check()
+        raise
     rec.check()
-    return [row(r.config["job"], r.metrics, r.error) for r in results]
+    return results

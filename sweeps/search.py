@@ -69,6 +69,7 @@ from sweeps.runtime import (
     StudyPaths,
     check_weights,
     code_version,
+    fit,
     init_ray,
     print_error,
     recorder,
@@ -589,9 +590,7 @@ def run_streams(preset: Preset, streams: Sequence[Stream], name: str, paths: Stu
         run_config=run_config(f"{experiment}-{datetime.now(timezone.utc):%H%M%S%f}", paths,
                               total, desc, rec),
     )
-    results = tuner.fit()
-    rec.check()
-    rows = [row(r.config["job"], r.metrics, r.error) for r in results]
+    rows = [row(r.config["job"], r.metrics, r.error) for r in fit(tuner, rec)]
     upsert_table(rows, paths.table("trials"), trials_schema)
     return rows, searcher.told
 
