@@ -249,6 +249,14 @@ def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, 
 INTERRUPTED = "interrupted: the search driver stopped before this trial finished"
 
 
+def record_interrupted(preset: Preset, name: str, version: str, paths: StudyPaths,
+                       jobs: list[dict[str, Any]]) -> None:
+    """One failed row per job a killed driver left unfinished (``settle_stale``'s list)."""
+    if jobs:
+        upsert_table([search_row(preset, name, version, j, None, RuntimeError(INTERRUPTED))
+                      for j in jobs], paths.table("trials"), trials_schema)
+
+
 def settle_stale(study: Any, recorded: Mapping[str, Mapping[str, Any]],
                  objectives: tuple[str, ...]) -> list[dict[str, Any]]:
     """Tell Optuna how the trials a killed driver left RUNNING ended.
@@ -470,9 +478,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         directions(args.task, objectives), sampler)
     stale = settle_stale(study, {r["trial_id"]: r for r in read_table(paths.table("trials"))},
                          objectives)
-    if stale:
-        upsert_table([search_row(preset, name, version, j, None, RuntimeError(INTERRUPTED))
-                      for j in stale], paths.table("trials"), trials_schema)
+    record_interrupted(preset, name, version, paths, stale)
     before = len(study.trials)
 
     init_ray(args.num_cpus)
@@ -619,7 +625,7 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _journal(paths.local / JOURNAL)
     recorded = {r["trial_id"]: r for r in read_table(paths.table("trials"))}
-    streams, studies = [], {}
+    streams, studies, stale = [], {}, []
     for task in preset.tasks:
         for method in preset.methods:
             if method == "none":
@@ -630,15 +636,12 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
             study = optuna.create_study(
                 storage=storage, study_name=lr_study_name(name, task, method),
                 directions=directions(task, ("error",)), sampler=sampler, load_if_exists=True)
-            stale = settle_stale(study, recorded, ("error",))
-            if stale:
-                upsert_table([search_row(preset, name, version, j, None,
-                                         RuntimeError(INTERRUPTED)) for j in stale],
-                             paths.table("trials"), trials_schema)
+            stale += settle_stale(study, recorded, ("error",))
             studies[task, method] = study
             budget = cfg.trials - len(study.trials)  # asked trials, failed ones included
             if budget > 0:
                 streams.append(Stream(study, _lr_job(preset, task, method), budget))
+    record_interrupted(preset, name, version, paths, stale)
     if streams:
         run_streams(preset, streams, name, paths, version, weights,
                     experiment=f"{name}-lr", desc="lr search")
