@@ -9,6 +9,7 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,7 @@ def progress(total: int, desc: str) -> Any:
     return _Progress()
 
 
-def recorder(table: str, row: Any) -> Any:
+def recorder(table: str, row: Any, written: Callable[[str], None] | None = None) -> Any:
     """A Tune callback writing each trial's row the moment it ends, so nothing is lost.
 
     ``row(job, last_result, error)`` builds the row; it is upserted into the trials table
@@ -223,6 +224,7 @@ def recorder(table: str, row: Any) -> Any:
     cannot be written (full disk, lost permission) the callback keeps the error instead of
     raising it inside Tune; ``run_config``'s stopper then ends the experiment and
     ``check()`` raises it in the driver, so the study stops with one clear message.
+    ``written(trial_id)`` runs once a row is safely in the table.
     """
     from ray import tune
 
@@ -240,6 +242,9 @@ def recorder(table: str, row: Any) -> Any:
                              trials_schema)
             except StorageError as exc:
                 self.failure = exc
+                return
+            if written is not None:
+                written(trial.trial_id)
 
         def check(self) -> None:
             if self.failure is not None:

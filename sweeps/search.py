@@ -258,18 +258,26 @@ def record_interrupted(preset: Preset, name: str, version: str, paths: StudyPath
 
 
 def settle_stale(study: Any, recorded: Mapping[str, Mapping[str, Any]],
-                 objectives: tuple[str, ...]) -> list[dict[str, Any]]:
+                 objectives: tuple[str, ...],
+                 job_of: Callable[[Any], dict[str, Any] | None]) -> list[dict[str, Any]]:
     """Tell Optuna how the trials a killed driver left RUNNING ended.
 
     A trial whose row reached the table before the driver died is told what the row says
     (COMPLETE with its values, PRUNED when ASHA stopped it); any other one FAIL. Returns the
-    jobs of the latter, so the table records them as failed (never silently dropped).
+    jobs of the latter, so the table records them as failed (never silently dropped). A
+    trial killed before its job was stored gets it back from its parameters (``job_of``
+    is deterministic in them and the trial number).
     """
-    from optuna.trial import TrialState
+    from optuna.trial import FixedTrial, TrialState
 
     unrecorded = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         job = t.user_attrs.get("job")
+        if job is None:
+            try:
+                job = job_of(FixedTrial(t.params, t.number))
+            except ValueError:  # killed before every parameter was suggested: nothing ran
+                job = None
         row = recorded.get(job["trial_id"]) if job else None
         state, values = "FAIL", None
         if row is not None:
@@ -311,6 +319,7 @@ def make_searcher(streams: Sequence[Stream]) -> Any:
             self.live: dict[str, tuple[Stream, Any]] = {}
             self.steps: dict[str, int] = {}
             self.told: Counter[str] = Counter()
+            self.pending: dict[str, tuple[Any, Any, Any, str]] = {}
 
         def set_search_properties(self, metric: str | None, mode: str | None,
                                   config: dict, **spec: Any) -> bool:
@@ -365,8 +374,21 @@ def make_searcher(streams: Sequence[Stream]) -> Any:
                 trial.set_user_attr("steps", result.get("steps"))
                 if result.get("total_rank") is not None:
                     trial.set_user_attr("total_rank", int(result["total_rank"]))
-            stream.study.tell(trial, values, state=getattr(TrialState, state))
-            self.told[state] += 1
+            self.pending[trial_id] = (stream.study, trial, values, state)
+
+        def settle(self, trial_id: str) -> None:
+            """Tell Optuna a trial's outcome once its row is in the table. Tune calls
+            ``on_trial_complete`` before its callbacks, so telling there would leave a
+            finished Optuna trial without a row if the driver died in between; told here, a
+            killed driver leaves it RUNNING and the resumed study settles it from the table."""
+            if trial_id in self.pending:
+                study, trial, values, state = self.pending.pop(trial_id)
+                study.tell(trial, values, state=getattr(TrialState, state))
+                self.told[state] += 1
+
+        def settle_all(self) -> None:
+            for trial_id in list(self.pending):
+                self.settle(trial_id)
 
     return AskTell()
 
@@ -476,16 +498,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--optuna-study names a study to continue: add --resume")
     study = open_optuna(paths.local / JOURNAL, args.optuna_study, args.resume, attrs,
                         directions(args.task, objectives), sampler)
+    job_of = search_jobs(preset, space, args.task, args.method, study.study_name)
     stale = settle_stale(study, {r["trial_id"]: r for r in read_table(paths.table("trials"))},
-                         objectives)
+                         objectives, job_of)
     record_interrupted(preset, name, version, paths, stale)
     before = len(study.trials)
 
     init_ray(args.num_cpus)
     handle = _bank(preset, name, paths, version, weights) if args.method == "reduced" else None
     try:
-        rows, told = _search(preset, cfg, space, study, name, paths, version, weights, args,
-                             objectives, trials)
+        rows, told = _search(preset, cfg, space, study, job_of, name, paths, version, weights,
+                             args, objectives, trials)
     finally:
         if handle is not None:
             import ray
@@ -538,16 +561,23 @@ def _bank(preset: Preset, study: str, paths: StudyPaths, version: str,
     return handle
 
 
-def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], study: Any,
-            name: str, paths: StudyPaths, version: str, weights: str | None,
-            args: argparse.Namespace, objectives: tuple[str, ...],
-            trials: int) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """Run ``trials`` Tune trials driven by the Optuna study; rows are written as they end."""
-    from ray.tune.schedulers import AsyncHyperBandScheduler
+def search_jobs(preset: Preset, space: tuple[SearchParam, ...], task: str, method: str,
+                study_name: str) -> Callable[[Any], dict[str, Any] | None]:
+    """The job of each trial of one search study, from its suggestions and number."""
 
     def job_of(trial: Any) -> dict[str, Any] | None:
-        return make_job(preset, args.task, args.method, suggest(trial, space),
-                        f"search-{study.study_name}-{trial.number:04d}")
+        return make_job(preset, task, method, suggest(trial, space),
+                        f"search-{study_name}-{trial.number:04d}")
+
+    return job_of
+
+
+def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], study: Any,
+            job_of: Callable[[Any], dict[str, Any] | None], name: str, paths: StudyPaths,
+            version: str, weights: str | None, args: argparse.Namespace,
+            objectives: tuple[str, ...], trials: int) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Run ``trials`` Tune trials driven by the Optuna study; rows are written as they end."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler
 
     steps = next((p for p in space if p.name == "steps"), None)
     max_t = int(steps.high) if steps is not None else preset.steps
@@ -585,7 +615,7 @@ def run_streams(preset: Preset, streams: Sequence[Stream], name: str, paths: Stu
             err: BaseException | None) -> dict[str, Any]:
         return search_row(preset, name, version, job, m, err)
 
-    rec = recorder(paths.table("trials"), row)
+    rec = recorder(paths.table("trials"), row, written=searcher.settle)
     tuner = tune.Tuner(
         tune.with_resources(finetune_trial, res),
         param_space={"params": params, "study": name, "cache": str(paths.cache),
@@ -598,6 +628,7 @@ def run_streams(preset: Preset, streams: Sequence[Stream], name: str, paths: Stu
     )
     rows = [row(r.config["job"], r.metrics, r.error) for r in fit(tuner, rec)]
     upsert_table(rows, paths.table("trials"), trials_schema)
+    searcher.settle_all()
     return rows, searcher.told
 
 
@@ -636,11 +667,12 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
             study = optuna.create_study(
                 storage=storage, study_name=lr_study_name(name, task, method),
                 directions=directions(task, ("error",)), sampler=sampler, load_if_exists=True)
-            stale += settle_stale(study, recorded, ("error",))
+            job_of = _lr_job(preset, task, method)
+            stale += settle_stale(study, recorded, ("error",), job_of)
             studies[task, method] = study
             budget = cfg.trials - len(study.trials)  # asked trials, failed ones included
             if budget > 0:
-                streams.append(Stream(study, _lr_job(preset, task, method), budget))
+                streams.append(Stream(study, job_of, budget))
     record_interrupted(preset, name, version, paths, stale)
     if streams:
         run_streams(preset, streams, name, paths, version, weights,

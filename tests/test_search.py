@@ -152,6 +152,7 @@ def test_searcher_tells_optuna_pruned_with_the_step(tmp_path: Path) -> None:
     searcher.on_trial_complete("b", {"status": "ok", "main": 0.3, "trainable_params": 64,
                                      "steps": 4, "total_rank": 8})
     searcher.on_trial_complete("c", None, error=True)
+    searcher.settle_all()  # the rows are written
     by_tune = {t.user_attrs["tune_trial"]: t for t in study.trials if "tune_trial" in t.user_attrs}
     assert by_tune["a"].state == TrialState.PRUNED and by_tune["a"].user_attrs["step"] == 3
     assert by_tune["b"].state == TrialState.COMPLETE and by_tune["b"].values == [0.3, 64.0]
@@ -182,19 +183,42 @@ def test_resume_settles_the_trials_a_killed_driver_left_running(tmp_path: Path) 
              "objectives": "error", "preset": "smoke", "sampler": "tpe"}
     study = open_optuna(tmp_path / "j", None, False, attrs, ["minimize"], None)
     jobs = {}
+
+    def job_of(trial: optuna.trial.BaseTrial) -> dict:
+        return {"trial_id": f"t{trial.number}", "lr": trial.suggest_float("lr", 1e-4, 1e-2)}
+
     for name in ("unrecorded", "recorded-ok", "recorded-stopped"):
         t = study.ask()
-        jobs[name] = {"trial_id": name}
+        jobs[name] = job_of(t)
         t.set_user_attr("job", jobs[name])
-    rows = {"recorded-ok": {"status": "ok", "main": 0.25, "trainable_params": 10},
-            "recorded-stopped": {"status": "stopped"}}
+    study.ask().suggest_float("lr", 1e-4, 1e-2)  # killed before its job was stored
+    study.ask()  # killed before its parameters were suggested: it never ran
+    rows = {"t1": {"status": "ok", "main": 0.25, "trainable_params": 10},
+            "t2": {"status": "stopped"}}
     again = open_optuna(tmp_path / "j", None, True, attrs, ["minimize"], None)
-    assert settle_stale(again, rows, ("error",)) == [jobs["unrecorded"]]
-    states = [t.state for t in again.trials]
-    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE,
-                      optuna.trial.TrialState.PRUNED]
+    rebuilt = {"trial_id": "t3", "lr": again.trials[3].params["lr"]}
+    assert settle_stale(again, rows, ("error",), job_of) == [jobs["unrecorded"], rebuilt]
+    S = optuna.trial.TrialState
+    assert [t.state for t in again.trials] == [S.FAIL, S.COMPLETE, S.PRUNED, S.FAIL, S.FAIL]
     assert again.trials[1].value == 0.25
-    assert settle_stale(again, rows, ("error",)) == []  # nothing left running
+    assert settle_stale(again, rows, ("error",), job_of) == []  # nothing left running
+
+
+def test_the_searcher_tells_optuna_only_once_the_row_is_written(tmp_path: Path) -> None:
+    """Tune calls a searcher's on_trial_complete before the callback that writes the row: a
+    driver killed in between must leave the Optuna trial RUNNING (settled from the table on
+    resume), never COMPLETE without a row."""
+    import optuna
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}")
+    searcher = make_searcher([Stream(study, lambda t: {"lr": t.suggest_float("lr", 0, 1)}, 1)])
+    assert searcher.suggest("tune-a") is not None
+    searcher.on_trial_complete("tune-a", {"step": 5, "status": "ok", "main": 0.5,
+                                         "trainable_params": 3})
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+    searcher.settle("tune-a")
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert study.trials[0].value == 0.5 and searcher.told == {"COMPLETE": 1}
 
 
 # ---------------------------------------------------------------------------------------------
