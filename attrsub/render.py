@@ -1,24 +1,28 @@
 """Batched analytic ray caster for ``SceneSpec``s, in plain torch (same code on CPU and CUDA).
 
 Every pixel of every view of every scene is one ray; the work is vectorized over scenes, rays
-and primitives, with Python loops only over primitive types, bumps and ray chunks. Rays are
-traced in groups of TILE x TILE pixels: each group's rays are bounded by a cone, and only the
-(group, primitive) pairs whose bounding sphere meets that cone run the exact intersectors (for
+and primitives, with Python loops only over primitive types and ray chunks (runs of whole
+tile rows). Vectors are component-first ([3, ...] planes, dot products written out): on CPU a
+reduction over a trailing size-3 dim costs several times the arithmetic. Rays are traced in
+groups of TILE x TILE pixels: each group's rays are bounded by a cone, and only the (group,
+primitive) pairs whose bounding sphere meets that cone run the exact intersectors (for
 primary and shadow rays alike), so each ray is tested against the few primitives it can hit;
-the culling is conservative, so hits equal brute force. Ground truth is
-exact by construction: depth, world points and normals come from the very hit that was
-shaded. Spheres, boxes, cylinders and the ground plane are intersected in closed form;
-height fields by ray marching to bracket the first crossing (only over the stretch of each
-ray below a per-ray bound on the relief), then safeguarded Newton steps (bisection fallback)
-to float precision, so their points lie on the analytic surface. All lights' shadow rays are
-traced as one batch.
+the culling is conservative, so hits equal brute force. The closest hit per ray is one
+scatter-amin over int64 keys (t's float bits above the primitive's column), any-hit
+occlusion a count. Ground truth is exact by construction: depth, world points and normals
+come from the very hit that was shaded. Spheres, boxes, cylinders and the ground plane are
+intersected in closed form; height fields by ray marching to bracket the first crossing
+(only over the stretch of each ray below a per-ray bound on the relief), then safeguarded
+Newton steps (secant / bisection fallback) until each ray's step is below float resolution,
+so their points lie on the analytic surface. All lights' shadow rays are traced as one
+batch, of only the (tile, light) groups with a lit ray. ``render(..., compiled=True)`` fuses
+the elementwise kernels with ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,8 +36,10 @@ from attrsub.scene import MAX_BUMPS, TEXTURE_KINDS, Material, SceneSpec
 from attrsub.size import check_size
 
 # Bumped whenever rendered pixels change; part of a cached dataset's key, so a cache made by
-# an older renderer is never mistaken for a fresh render.
-RENDER_VERSION = 2
+# an older renderer is never mistaken for a fresh render. 3: ground hits exactly on z = 0
+# (its checker no longer flips on z rounding), value noise from an int32 hash (top 24 bits),
+# height-field hits refined to float resolution, lighting summed in a different order.
+RENDER_VERSION = 3
 OUTPUT_KEYS = (
     "images",
     "albedo",
@@ -52,12 +58,19 @@ _KIND = {k: i for i, k in enumerate(TEXTURE_KINDS)}
 MARCH_STEPS = 12
 # Shadow rays only gate shading, never ground truth, so they march more coarsely.
 SHADOW_MARCH_STEPS = 6
-NEWTON_STEPS = 6
+# At most this many refinement steps; a ray stops once its Newton step is below NEWTON_TOL t
+# (a few float32 ulps) or its point is within NEWTON_TOL_G (scene units) of the surface.
+NEWTON_STEPS = 12
+NEWTON_TOL = 4e-7
+NEWTON_TOL_G = 1e-6
 # Shadow rays start this far (scene units) off the surface to avoid self-hits.
 SHADOW_EPS = 1e-3
 # Rays are culled in groups of TILE x TILE pixels (sizes are multiples of the patch size 14).
 TILE = 7
 INF = float("inf")
+# Gaussian exponents are clamped here: exp(-80) is still a normal float32 (denormal
+# results are many times slower on CPU) and far below float resolution of any height.
+_EXP_MIN = -80.0
 
 
 @dataclass
@@ -84,6 +97,10 @@ class _Batch:
     sky: Tensor  # [B,3]
     exposure: Tensor  # [B]
     kernels: _Kernels
+    prims: list[tuple[int, Tensor, Tensor, Tensor, tuple[Tensor, ...]]] = dataclasses.field(
+        default_factory=list
+    )  # see _primitives
+    bounds: tuple[Tensor, ...] = ()  # every type's centre [B,M,3], radius, ok [B,M], type-major
 
 
 def render(
@@ -95,11 +112,12 @@ def render(
 ) -> dict[str, Tensor]:
     """Render every view of every scene at ``size`` x ``size``; see OUTPUT_KEYS for the dict.
 
-    ``chunk`` is the number of rays traced at once over the whole batch (a speed knob only;
-    it changes float rounding in the matmuls, never which primitive a ray hits).
-    ``compiled=True`` runs the hot elementwise kernels (height field evaluation and the
-    closed-form intersectors) through ``torch.compile``: tens of seconds once per process,
-    then several times faster on CPU; results match eager to float rounding.
+    ``chunk`` is the number of rays traced at once over the whole batch, in whole tile rows
+    of a view (a speed knob only: it may change float rounding in the matmuls, never which
+    primitive a ray hits). ``compiled=True`` runs the elementwise kernels (intersectors,
+    culling, height-field marching and refinement, value noise, lighting) through
+    ``torch.compile``: tens of seconds to a few minutes once per process (less with a warm
+    inductor cache), then about 1.3-1.5x faster on CPU; results match eager to float rounding.
     """
     check_size(size)
     specs = list(specs)
@@ -225,7 +243,7 @@ def _pack(specs: list[SceneSpec], device: torch.device, compiled: bool = False) 
         m_t[..., 20],
     )
     l_t, l_ok = pad(per["light"], 7)  # type: ignore[misc]
-    return _Batch(
+    sc = _Batch(
         kernels=_kernels(compiled),
         eye=f32(np.stack(eyes)),
         rot=f32(np.stack(rots)),
@@ -245,6 +263,10 @@ def _pack(specs: list[SceneSpec], device: torch.device, compiled: bool = False) 
         sky=f32(np.stack(sky)),
         exposure=f32(exposure),
     )
+    sc.prims = _primitives(sc)
+    if sc.prims:
+        sc.bounds = tuple(torch.cat([p[i] for p in sc.prims], 1) for i in (1, 2, 3))
+    return sc
 
 
 # Height-field parameter row: centre xy, half extent xy, MAX_BUMPS x (a, x, y, 1/(2 sigma^2)),
@@ -278,75 +300,99 @@ def _mat_row(m: Material) -> np.ndarray:
     )
 
 
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Dot product of component-first vectors [3,...] (explicit planes: a reduction over a
+    size-3 dim is several times slower)."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _any(x: Tensor) -> Tensor:
+    """``x.any(-1)`` for bool x, as a byte sum (several times faster on CPU)."""
+    return x.view(torch.uint8).sum(-1, dtype=torch.int32) > 0
+
+
 def _render(sc: _Batch, size: int, chunk: int, cull: bool = True) -> dict[str, Tensor]:
-    """Trace in tile-major ray order (so every TILE x TILE pixel block is one contiguous ray
-    group for culling), then restore row-major pixel order. ``cull=False`` is the brute-force
-    reference: every group is tested against every primitive."""
+    """Trace in tile-major ray order (every TILE x TILE pixel block of a view is one
+    contiguous ray group for culling), writing each chunk's blocks into the row-major
+    outputs. ``cull=False`` is the brute-force reference: every group is tested against every
+    primitive."""
     dev = sc.eye.device
     b_n, v_n = sc.eye.shape[:2]
+    tiles = size // TILE
+    group = TILE * TILE
     p_n = size * size
     n_rays = v_n * p_n
-    tiles = size // TILE
-    order = (
-        torch.arange(p_n, device=dev)
-        .reshape(tiles, TILE, tiles, TILE)
-        .permute(0, 2, 1, 3)
-        .reshape(p_n)
+    g_n = v_n * tiles * tiles  # ray groups per scene
+    # Camera-frame pixel rays (z = 1) in tile-major order, shared by all views of a scene.
+    pix = ((torch.arange(size, device=dev, dtype=torch.float32) + 0.5) / size - 0.5).view(
+        tiles, TILE
     )
-    # Camera-frame pixel rays (z = 1), shared by all views of a scene.
-    pix = (torch.arange(size, device=dev, dtype=torch.float32) + 0.5) / size - 0.5
-    ys, xs = torch.meshgrid(pix, pix, indexing="ij")
-    cam = torch.stack(
+    grid = (b_n, tiles, tiles, TILE, TILE)
+    focal = sc.focal[:, None, None, None, None]
+    cx = (pix[None, None, :, None, :] / focal).expand(grid).reshape(b_n, 1, p_n)
+    cy = (pix[None, :, None, :, None] / focal).expand(grid).reshape(b_n, 1, p_n)
+    inv_len = (cx * cx + cy * cy + 1).sqrt().reciprocal()  # z of the unit ray: z-depth per t
+    cam = (cx * inv_len, cy * inv_len, inv_len)
+    rot = sc.rot[..., None]  # [B,V,3,3,1]: d = cam @ rot
+    d_all = torch.stack(
         [
-            xs[None] / sc.focal[:, None, None],
-            ys[None] / sc.focal[:, None, None],
-            torch.ones_like(xs)[None].expand(b_n, -1, -1),
-        ],
-        -1,
-    ).reshape(b_n, 1, p_n, 3)[:, :, order]
-    inv_len = cam.norm(dim=-1).reciprocal()  # [B,1,P]: z of the unit ray = z-depth per unit length
-    d_all = torch.matmul(cam * inv_len[..., None], sc.rot).reshape(b_n, n_rays, 3)
-    o_all = sc.eye[:, :, None, :].expand(b_n, v_n, p_n, 3).reshape(b_n, n_rays, 3)
+            cam[0] * rot[:, :, 0, j] + cam[1] * rot[:, :, 1, j] + cam[2] * rot[:, :, 2, j]
+            for j in range(3)
+        ]
+    ).reshape(3, b_n, n_rays)
+    # Every ray of a group starts at its view's camera centre: one origin per group.
+    o_all = sc.eye.permute(2, 0, 1)[..., None].expand(3, b_n, v_n, g_n // v_n)
+    o_all = o_all.reshape(3, b_n, g_n)
+
     zscale = inv_len.expand(b_n, v_n, p_n).reshape(b_n, n_rays)
-
-    out_rgb = torch.empty(b_n, n_rays, 3, device=dev)
-    out_alb = torch.empty(b_n, n_rays, 3, device=dev)
-    out_p = torch.empty(b_n, n_rays, 3, device=dev)
-    out_n = torch.empty(b_n, n_rays, 3, device=dev)
-    out_t = torch.empty(b_n, n_rays, device=dev)
-    group = TILE * TILE
-    step = max(1, chunk // (b_n * group)) * group
-    for s in range(0, n_rays, step):
-        sl = slice(s, min(s + step, n_rays))
-        rgb, alb, p, n, t = _shade(sc, o_all[:, sl], d_all[:, sl], cull)
-        out_rgb[:, sl], out_alb[:, sl], out_p[:, sl], out_n[:, sl], out_t[:, sl] = rgb, alb, p, n, t
-
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(p_n, device=dev)
-
-    def unsort(x: Tensor) -> Tensor:
-        return x.reshape(b_n, v_n, p_n, -1)[:, :, inv].reshape(b_n, n_rays, -1)
-
-    out_rgb, out_alb, out_p, out_n = (unsort(x) for x in (out_rgb, out_alb, out_p, out_n))
-    out_t, zscale = unsort(out_t)[..., 0], unsort(zscale)[..., 0]
-    valid = torch.isfinite(out_t)
-    r0 = sc.rot[:, 0]
-    world = torch.matmul(out_p - sc.eye[:, :1], r0.transpose(1, 2))
-    normals = torch.matmul(out_n, r0.transpose(1, 2))
-    depth = torch.where(valid, out_t * zscale, 0.0)
-    vm = valid[..., None]
-    ext, intr = _cameras(sc, size)
-    hw = (b_n, v_n, size, size)
-    return {
-        "images": out_rgb.reshape(*hw, 3).permute(0, 1, 4, 2, 3).contiguous(),
-        "albedo": (out_alb * vm).reshape(*hw, 3).permute(0, 1, 4, 2, 3).contiguous(),
-        "depths": depth.reshape(hw),
-        "world_points": (world * vm).reshape(*hw, 3),
-        "normals": (normals * vm).reshape(*hw, 3),
-        "valid": valid.reshape(hw),
-        "extrinsics": ext,
-        "intrinsics": intr,
+    r0 = sc.rot[:, 0]  # camera-from-scene of the first view
+    e0 = sc.eye[:, 0].T[..., None]
+    out = {
+        "images": torch.empty(b_n, v_n, 3, size, size, device=dev),
+        "albedo": torch.empty(b_n, v_n, 3, size, size, device=dev),
+        "depths": torch.empty(b_n, v_n, size, size, device=dev),
+        "world_points": torch.empty(b_n, v_n, size, size, 3, device=dev),
+        "normals": torch.empty(b_n, v_n, size, size, 3, device=dev),
+        "valid": torch.empty(b_n, v_n, size, size, dtype=torch.bool, device=dev),
     }
+    # Chunks are equal runs of whole tile rows of views (of at most ``chunk`` rays: a short
+    # last chunk would cost as many op launches as a full one), so each lands in the outputs
+    # as blocks of image rows: (tile row, tile column, y, x) -> (row, column).
+    row = tiles * group  # rays per tile row
+    n_chunks = -(-v_n * tiles // max(1, chunk // (b_n * row)))
+    units = -(-v_n * tiles // n_chunks)
+    for u0 in range(0, v_n * tiles, units):
+        u1 = min(u0 + units, v_n * tiles)
+        rs = slice(u0 * row, u1 * row)
+        rgb, alb, p, n, t = _shade(sc, o_all[:, :, u0 * tiles : u1 * tiles], d_all[:, :, rs], cull)
+        valid = torch.isfinite(t)
+        parts = {
+            "images": rgb.transpose(0, 1),
+            "albedo": alb.transpose(0, 1),
+            "depths": torch.where(valid, t * zscale[:, rs], 0.0),
+            "world_points": torch.where(
+                valid[:, None], torch.bmm(r0, (p - e0).transpose(0, 1)), 0.0
+            ),
+            "normals": torch.where(valid[:, None], torch.bmm(r0, n.transpose(0, 1)), 0.0),
+            "valid": valid,
+        }
+        for v in range(u0 // tiles, (u1 - 1) // tiles + 1):
+            a, b = max(u0, v * tiles), min(u1, (v + 1) * tiles)  # units of view v
+            lines = slice((a - v * tiles) * TILE, (b - v * tiles) * TILE)
+            sl = slice((a - u0) * row, (b - u0) * row)
+            for key, x in parts.items():
+                # [B,(3,)n] tile-major -> the [B,(3,)rows,W] (or [B,rows,W,3]) block, viewed
+                # as (tile row, y, tile column, x): one strided copy.
+                x = x[..., sl].unflatten(-1, (b - a, tiles, TILE, TILE)).transpose(-3, -2)
+                if key in ("images", "albedo"):
+                    dest = out[key][:, v, :, lines]
+                elif key in ("world_points", "normals"):
+                    dest = out[key][:, v, lines].permute(0, 3, 1, 2)
+                else:
+                    dest = out[key][:, v, lines]
+                dest.unflatten(-1, (tiles, TILE)).unflatten(-3, (b - a, TILE)).copy_(x)
+    ext, intr = _cameras(sc, size)
+    return {**out, "extrinsics": ext, "intrinsics": intr}
 
 
 def _cameras(sc: _Batch, size: int) -> tuple[Tensor, Tensor]:
@@ -372,46 +418,139 @@ def _cameras(sc: _Batch, size: int) -> tuple[Tensor, Tensor]:
 def _shade(
     sc: _Batch, o: Tensor, d: Tensor, cull: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Trace, then Lambert + Blinn-Phong with shadow rays per light, then tonemap."""
-    t, kind, idx = _trace(sc, o, d, cull=cull)
+    """Trace, then Lambert + Blinn-Phong with shadow rays per light, then tonemap.
+
+    ``o`` [3,B,G] is each ray group's origin (its camera centre), ``d`` [3,B,G*T] the unit
+    rays. Returns colour, albedo (0 off-surface), hit point, unit normal ([3,B,N] each) and
+    t [B,N] (INF on a miss).
+    """
+    _, b_n, n_r = d.shape
+    g_n = o.shape[2]
+    group = n_r // g_n
+    sid = torch.arange(b_n, device=d.device).repeat_interleave(g_n)
+    hit = _trace_groups(sc, sid, o.reshape(3, -1, 1), d.reshape(3, -1, group), cull=cull)
+    t, kind, idx = (x.reshape(b_n, n_r) for x in hit)
     valid = torch.isfinite(t)
-    t_safe = torch.where(valid, t, 0.0)
-    t_safe, p, n, q, m = _surface(sc, o, d, t_safe, kind, idx)
+    o_ray = o[..., None].expand(3, b_n, g_n, group).reshape(3, b_n, n_r)
+    t_safe, p, n, q, m = _surface(sc, o_ray, d, torch.where(valid, t, 0.0), kind, idx)
     t = torch.where(valid, t_safe, INF)
-    albedo = _albedo(sc, q, m)
-    ks = sc.mat[6].gather(1, m)[..., None]
-    shin = sc.mat[7].gather(1, m)[..., None]
-    # All lights at once: [B,L,N,...], traced as one batch of L x N shadow rays.
-    b_n, n_r = valid.shape
-    l_n = sc.light_rgb.shape[1]
-    point = sc.light_point[:, :, None, None]
-    vec = sc.light_vec[:, :, None, :]
-    to_light = torch.where(point, vec - p[:, None], vec)
-    dist = to_light.norm(dim=-1, keepdim=True)
-    ldir = to_light / dist
-    irr = sc.light_rgb[:, :, None, :] * torch.where(point, dist.square().reciprocal(), 1.0)
-    ndl = (n[:, None] * ldir).sum(-1, keepdim=True)
-    lit = valid[:, None] & (ndl[..., 0] > 0) & (irr.amax(-1) > 0)
-    tmax = torch.where(point[..., 0], dist[..., 0] - SHADOW_EPS, INF)
-    origin = (p + SHADOW_EPS * n)[:, None].expand(b_n, l_n, n_r, 3)
-    blocked = _trace(
-        sc,
-        origin.reshape(b_n, l_n * n_r, 3),
-        ldir.reshape(b_n, l_n * n_r, 3),
-        tmax=tmax.reshape(b_n, l_n * n_r),
-        active=lit.reshape(b_n, l_n * n_r),
-        cull=cull,
-    ).reshape(b_n, l_n, n_r)
-    vis = (lit & ~blocked)[..., None]
-    half = ldir - d[:, None]
-    half = half / half.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    spec = ks[:, None] * (n[:, None] * half).sum(-1, keepdim=True).clamp_min(0).pow(shin[:, None])
-    light = (vis * irr * (albedo[:, None] * ndl.clamp_min(0) + spec)).sum(1)
-    color = albedo * sc.ambient[:, None, :] + light
-    rgb = (1 - torch.exp(-color * sc.exposure[:, None, None])).pow(1 / 2.2)
-    sky = sc.sky[:, None, :] * (0.8 + 0.2 * d[..., 2:3].clamp(0, 1))
-    rgb = torch.where(valid[..., None], rgb, sky).clamp(0, 1)
+    albedo = _albedo(sc, q, m, valid)
+    ks, shin = sc.mat[6].gather(1, m), sc.mat[7].gather(1, m)
+    point = sc.light_point[:, :, None]
+    on = (sc.light_rgb.amax(-1) > 0)[..., None]
+    *to_light, rdist, ndl, lit, tmax = sc.kernels.light(p, n, valid, point, sc.light_vec, on)
+    blocked = _shadows(sc, p + SHADOW_EPS * n, to_light, rdist, tmax, lit, cull)
+    rgb = sc.kernels.mix(
+        albedo,
+        n,
+        d,
+        *to_light,
+        rdist,
+        ndl,
+        lit & ~blocked,
+        point,
+        ks,
+        shin,
+        sc.light_rgb,
+        sc.ambient,
+        sc.exposure,
+        sc.sky,
+        valid,
+    )
     return rgb, albedo, p, n, t
+
+
+def _light(
+    p: Tensor, n: Tensor, valid: Tensor, point: Tensor, vec: Tensor, on: Tensor
+) -> tuple[Tensor, ...]:
+    """All lights at once ([B,L,N]) for hit points p and normals n [3,B,N]: the offset to
+    the light (three component planes), 1 / its length, n.l, lit (valid, facing the light,
+    light present), and the shadow ray's tmax. A directional light's vector is its unit
+    direction, so vec - w * p is it unchanged for w = 0 and the offset to a point light for
+    w = 1."""
+    to_light = tuple(
+        torch.addcmul(vec[:, :, i, None], point.to(p.dtype), p[i, :, None], value=-1)
+        for i in range(3)
+    )
+    dist2 = _dot(to_light, to_light)
+    rdist = dist2.rsqrt()
+    ndl = _dot(to_light, n[:, :, None]) * rdist
+    lit = valid[:, None] & (ndl > 0) & on
+    tmax = torch.where(point, dist2 * rdist - SHADOW_EPS, INF)
+    return (*to_light, rdist, ndl, lit, tmax)
+
+
+def _mix(
+    albedo: Tensor,
+    n: Tensor,
+    d: Tensor,
+    lx: Tensor,
+    ly: Tensor,
+    lz: Tensor,
+    rdist: Tensor,
+    ndl: Tensor,
+    vis: Tensor,
+    point: Tensor,
+    ks: Tensor,
+    shin: Tensor,
+    light_rgb: Tensor,
+    ambient: Tensor,
+    exposure: Tensor,
+    sky: Tensor,
+    valid: Tensor,
+) -> Tensor:
+    """Colour [3,B,N]: ambient + Lambert + Blinn-Phong of the visible lights, tonemapped
+    (exposure, gamma 2.2); the sky gradient where no surface was hit."""
+    weight = torch.where(vis, torch.where(point, rdist * rdist, 1.0), 0.0)
+    # n.h with h = (l - d) / |l - d|, and |l - d|^2 = 2 - 2 l.d (unit l, d).
+    ldv = _dot((lx, ly, lz), d[:, :, None]) * rdist
+    ndh = (ndl - _dot(n, d)[:, None]) * (2 - 2 * ldv).clamp_min(1e-24).rsqrt()
+    spec = ks[:, None] * ndh.clamp_min(0).pow(shin[:, None])
+    # Sum over lights of weight * (albedo * n.l + spec) * colour: [3,L] x [L,N] per scene.
+    rgb_l = light_rgb.transpose(1, 2)
+    diffuse = torch.bmm(rgb_l, weight * ndl).transpose(0, 1)
+    specular = torch.bmm(rgb_l, weight * spec).transpose(0, 1)
+    color = albedo * (ambient.T[..., None] + diffuse) + specular
+    rgb = (1 - torch.exp(-color * exposure[:, None])).pow(1 / 2.2)
+    sky = sky.T[..., None] * (0.8 + 0.2 * d[2].clamp(0, 1))
+    return torch.where(valid, rgb, sky).clamp(0, 1)
+
+
+def _shadows(
+    sc: _Batch,
+    origin: Tensor,
+    to_light: Sequence[Tensor],
+    rdist: Tensor,
+    tmax: Tensor,
+    lit: Tensor,
+    cull: bool,
+) -> Tensor:
+    """Occlusion [B,L,N] of the shadow rays from ``origin`` [3,B,N] along ``to_light``
+    (component planes [B,L,N], times 1 / its length ``rdist``) up to ``tmax`` [B,L,N], for
+    the ``lit`` ones. Only ray groups (one screen tile, one light) with a lit ray are traced:
+    padded lights and unlit tiles cost nothing."""
+    b_n, l_n, n_r = lit.shape
+    group = TILE * TILE
+    g_n = n_r // group
+    live = _any(lit.view(-1, group)).nonzero()[:, 0]  # flat (scene, light, group)
+    blocked = torch.zeros((b_n * l_n * g_n, group), dtype=torch.bool, device=lit.device)
+    if live.numel():
+        scene = torch.div(live, l_n * g_n, rounding_mode="floor")
+        blocked.index_copy_(
+            0,
+            live,
+            _trace_groups(  # type: ignore[arg-type]
+                sc,
+                scene,
+                origin.reshape(3, b_n * g_n, group).index_select(1, scene * g_n + live % g_n),
+                torch.stack([x.view(-1, group).index_select(0, live) for x in to_light])
+                * rdist.view(-1, group).index_select(0, live),
+                tmax.reshape(-1, group).index_select(0, live),
+                lit.reshape(-1, group).index_select(0, live),
+                cull,
+            ),
+        )
+    return blocked.view(b_n, l_n, n_r)
 
 
 def _trace(
@@ -422,92 +561,132 @@ def _trace(
     active: Tensor | None = None,
     cull: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor] | Tensor:
-    """Closest hit (t, primitive type, index) or, with ``tmax``, any-hit occlusion [B,N].
-
-    Rays come in groups of TILE x TILE (one screen tile of one view). Each group is bounded
-    by a cone (apex ball + axis + half-angle) and tested against each primitive's bounding
-    sphere; the closed-form kernels then run only on the (group, primitive) pairs that pass,
-    with batch := pairs, and their hits are min-reduced (or OR-ed) back per ray. The test is
-    conservative, so the hits equal brute force (``cull=False``: every pair) exactly.
-    """
-    t_ground = _ground(o, d, sc.ground, 0.0)
-    b_n, n_r = t_ground.shape
+    """``_trace_groups`` for rays o, d [B,N,3] (N a multiple of TILE x TILE, grouped in
+    order); results [B,N]."""
+    b_n, n_r = d.shape[:2]
     group = TILE * TILE
-    g_n = b_n * n_r // group
-    og, dg = o.reshape(g_n, group, 3), d.reshape(g_n, group, 3)
-    ag = None if active is None else active.reshape(g_n, group)
-    tg = None if tmax is None else tmax.reshape(g_n, group)
-    cone = _cone(og, dg, ag) if cull else None
-    per_scene = g_n // b_n
-    tmin = 0.0
-    prims = _primitives(sc)
-    # One column per (type, index), type-major: a dense [group, column, ray] table of hits
-    # (INF / False where culled) reduces without scatters, and argmin's first-minimum rule
-    # breaks ties towards the lowest (type, index).
-    cols = [0]
-    for _, centre, *_ in prims:
-        cols.append(cols[-1] + centre.shape[1])
-    if tmax is None:
-        table = torch.full((g_n, cols[-1], group), INF, device=d.device)
-    else:
-        table = torch.zeros((g_n, cols[-1], group), dtype=torch.bool, device=d.device)
-    for j, (kind, centre, radius, ok, params) in enumerate(prims):
-        if cone is None:
-            cand = ok.repeat_interleave(per_scene, 0)
-        else:
-            rep = (b_n, per_scene, *centre.shape[1:])
-            c_g = centre[:, None].expand(rep).reshape(g_n, *centre.shape[1:])
-            r_g = radius[:, None].expand(rep[:3]).reshape(g_n, -1)
-            cand = _cone_hits(*cone, c_g, r_g) & ok.repeat_interleave(per_scene, 0)
-        gi, mi = cand.nonzero(as_tuple=True)
-        if gi.numel() == 0:
-            continue
-        bi = gi // per_scene
-        po, pd = og[gi], dg[gi]
-        pp = [x[bi, mi][:, None] for x in params]
-        true = torch.ones(gi.shape[0], 1, dtype=torch.bool, device=d.device)
-        if kind == SPHERE:
-            h = sc.kernels.spheres(po, pd, *pp, true, tmin)
-        elif kind == BOX:
-            h = sc.kernels.boxes(po, pd, *pp, true, tmin)
-        elif kind == CYLINDER:
-            h = sc.kernels.cylinders(po, pd, *pp, true, tmin)
-        else:
-            # Last type: skip rays something nearer (closest hit) or anything (any-hit) has.
-            tgr = t_ground.reshape(g_n, group)
-            if tmax is None:
-                near = table[:, : cols[j]].amin(1) if cols[j] else tgr
-                cut, act = torch.minimum(near, tgr)[gi], None
-            else:
-                free = ~table[:, : cols[j]].any(1) & (tgr >= tg)  # type: ignore[operator]
-                cut, act = None, (free if ag is None else free & ag)[gi]
-            h = _heightfields(
-                sc.kernels, po, pd, *pp, true, tmin, None if tg is None else tg[gi], act, cut
-            )
-        h = h[..., 0]
-        table[gi, cols[j] + mi] = h if tmax is None else h < tg[gi]  # type: ignore[index]
-    if tmax is not None:
-        return _finish(t_ground, (table.any(1).reshape(b_n, n_r),), tmax, active)
-    if not prims:
-        return _finish(t_ground, None, tmax, active)
-    best_t, col = table.min(1)
-    spans = list(itertools.pairwise(cols))
-    kinds = torch.cat(
-        [
-            torch.full((c1 - c0,), p[0], device=d.device)
-            for p, (c0, c1) in zip(prims, spans, strict=True)
-        ]
+    sid = torch.arange(b_n, device=d.device).repeat_interleave(n_r // group)
+
+    def planes(x: Tensor) -> Tensor:
+        return x.permute(2, 0, 1).reshape(3, -1, group)
+
+    out = _trace_groups(
+        sc,
+        sid,
+        planes(o),
+        planes(d),
+        None if tmax is None else tmax.reshape(-1, group),
+        None if active is None else active.reshape(-1, group),
+        cull,
     )
-    index = torch.cat([torch.arange(c1 - c0, device=d.device) for c0, c1 in spans])
-    hit = torch.isfinite(best_t)
-    kind_hit = torch.where(hit, kinds[col], 0).reshape(b_n, n_r)
-    index_hit = torch.where(hit, index[col], 0).reshape(b_n, n_r)
-    return _finish(t_ground, (best_t.reshape(b_n, n_r), kind_hit, index_hit), tmax, active)
+    if isinstance(out, Tensor):
+        return out.reshape(b_n, n_r)
+    return tuple(x.reshape(b_n, n_r) for x in out)  # type: ignore[return-value]
+
+
+def _trace_groups(
+    sc: _Batch,
+    sid: Tensor,
+    o: Tensor,
+    d: Tensor,
+    tmax: Tensor | None = None,
+    active: Tensor | None = None,
+    cull: bool = True,
+) -> tuple[Tensor, Tensor, Tensor] | Tensor:
+    """Closest hit (t, primitive type, index) or, with ``tmax``, any-hit occlusion [G,T].
+
+    Rays come in groups [G,T] (one screen tile of one view, or of one light's shadow rays)
+    of scene ``sid`` [G]: ``d`` is [3,G,T], and ``o`` [3,G,T] or [3,G,1] when a group
+    shares its origin. Each group is bounded by a cone (apex ball + axis + half-angle) and
+    tested against each primitive's bounding sphere; the closed-form kernels then run only
+    on the (group, primitive) pairs that pass, with batch := pairs, and their hits are
+    min-reduced (or counted, for occlusion) back per ray. The test is conservative, so the
+    hits equal brute force (``cull=False``: every pair) exactly.
+    """
+    t_ground = sc.kernels.ground(o, d, sc.ground.index_select(0, sid)[:, None], 0.0)
+    g_n, group = t_ground.shape
+    cone = sc.kernels.cone(o, d, active) if cull else None
+    tmin = 0.0
+    prims = sc.prims
+    if tmax is None:
+        # Closest hit as one int64 key per ray: t's float bits (t > 0, so they order like t)
+        # above the column (type-major: the lowest (type, index) wins ties). One scatter-amin
+        # per type merges any number of pairs per group.
+        key = torch.full((g_n * group,), _key(INF, 0xFFFF), dtype=torch.long, device=d.device)
+    else:
+        count = torch.zeros((g_n, group), dtype=torch.int32, device=d.device)  # occluders
+    lane = torch.arange(group, device=d.device)
+    if prims:
+        # Every type's bounding spheres at once [G,M] (columns type-major, as ``col``).
+        centre, radius, ok = sc.bounds
+        cand_all = ok.index_select(0, sid)
+        if cone is not None:
+            cand_all &= sc.kernels.cone_hits(
+                *cone, centre.index_select(0, sid).permute(2, 0, 1), radius.index_select(0, sid)
+            )
+    col = 0
+    for kind, centre, _, _, params in prims:
+        m_n = centre.shape[1]
+        gi, mi = cand_all[:, col : col + m_n].nonzero(as_tuple=True)
+        if gi.numel():
+            pair = sid.index_select(0, gi) * m_n + mi
+            po, pd = o.index_select(1, gi), d.index_select(1, gi)
+            pp = [x.index_select(0, pair) for x in params]
+            if kind == SPHERE:
+                h = sc.kernels.spheres(po, pd, *pp, tmin)
+            elif kind == BOX:
+                h = sc.kernels.boxes(po, pd, *pp, tmin)
+            elif kind == CYLINDER:
+                h = sc.kernels.cylinders(po, pd, *pp, tmin)
+            else:
+                # Last type: skip rays something nearer (closest hit) or anything (any-hit) has.
+                if tmax is None:
+                    cut = torch.minimum(_key_t(key).view(g_n, group), t_ground).index_select(0, gi)
+                    act, tm = None, None
+                else:
+                    free = (count == 0) & (t_ground >= tmax)
+                    act = (free if active is None else free & active).index_select(0, gi)
+                    cut, tm = None, tmax.index_select(0, gi)
+                h = _heightfields(sc.kernels, po, pd, *pp, tmin, tm, act, cut)
+            if tmax is None:
+                flat = (gi[:, None] * group + lane).view(-1)
+                key.scatter_reduce_(0, flat, _key(h, (col + mi)[:, None]).view(-1), "amin")
+            else:
+                count.index_add_(0, gi, (h < tmax.index_select(0, gi)).int())
+        col += m_n
+    if tmax is not None:
+        blocked = (count > 0) | (t_ground < tmax)
+        return blocked if active is None else blocked & active
+    t_obj = _key_t(key).view(g_n, group)
+    column = (key & 0xFFFF).clamp_max(max(col - 1, 0)).view(g_n, group)
+    kinds = torch.tensor(
+        [p[0] for p in prims for _ in range(p[1].shape[1])] or [0], device=d.device
+    )
+    index = torch.tensor([i for p in prims for i in range(p[1].shape[1])] or [0], device=d.device)
+    ground_wins = t_ground <= t_obj
+    return (
+        torch.where(ground_wins, t_ground, t_obj),
+        torch.where(ground_wins, GROUND, kinds[column]),
+        torch.where(ground_wins, 0, index[column]),
+    )
+
+
+def _key(t: Tensor | float, col: Tensor | int) -> Tensor | int:
+    """Sortable int64 key of a hit distance t >= 0 (float32, or INF) and a 16-bit column: the
+    bits of a non-negative float order like its value (abs: a NaN never sorts first)."""
+    if isinstance(t, float):
+        return (int(np.float32(t).view(np.int32)) << 16) | int(col)  # type: ignore[arg-type]
+    return (t.abs().view(torch.int32).long() << 16) | col
+
+
+def _key_t(key: Tensor) -> Tensor:
+    """The hit distance of keys made by ``_key``."""
+    return (key >> 16).int().view(torch.float32)
 
 
 def _primitives(sc: _Batch) -> list[tuple[int, Tensor, Tensor, Tensor, tuple[Tensor, ...]]]:
-    """Per primitive type: kind, bounding spheres (centre [B,M,3], radius [B,M]), ok, and the
-    kernel's parameter tensors [B,M,...]."""
+    """Per primitive type: kind, bounding spheres (centre [B,M,3], radius [B,M]), ok [B,M],
+    and the kernel's parameter tensors, flat over (scene, index): [B*M,...]."""
     out = []
     if sc.sph is not None:
         c, r, _, ok = sc.sph
@@ -524,114 +703,111 @@ def _primitives(sc: _Batch) -> list[tuple[int, Tensor, Tensor, Tensor, tuple[Ten
         c = torch.stack([cx, cy, top / 2], -1)
         rad = torch.stack([hx, hy, top / 2], -1).norm(dim=-1)
         out.append((HEIGHTFIELD, c, rad, ok, (params, top)))
-    return out
-
-
-def _angle(u: Tensor, v: Tensor) -> Tensor:
-    """Angle between vectors, accurate near 0 and pi (atan2 rather than acos)."""
-    return torch.atan2(torch.linalg.cross(u, v).norm(dim=-1), (u * v).sum(-1))
+    return [
+        (
+            kind,
+            c.contiguous(),
+            r.contiguous(),
+            ok.contiguous(),
+            tuple(x.reshape(-1, *x.shape[2:]).contiguous() for x in params),
+        )
+        for kind, c, r, ok, params in out
+    ]
 
 
 def _cone(o: Tensor, d: Tensor, active: Tensor | None) -> tuple[Tensor, ...]:
-    """Bound each group's (active) rays [G,T]: apex centre, apex radius, unit axis, half-angle,
-    and whether any ray is active. Every ray starts within the apex ball, heading within the
-    half-angle of the axis."""
+    """Bound each group's (active) rays [3,G,T]: apex centre, apex radius, unit axis,
+    half-angle, and whether any ray is active. Every ray starts within the apex ball, heading
+    within the half-angle of the axis. A shared origin [3,G,1] is the apex (radius 0)."""
     if active is None:
-        active = torch.ones(o.shape[:2], dtype=torch.bool, device=o.device)
-    w = active[..., None]
-    cnt = active.sum(1, keepdim=True).clamp_min(1)
-    apex = torch.where(w, o, 0.0).sum(1) / cnt
-    rho = torch.where(active, (o - apex[:, None]).norm(dim=-1), 0.0).amax(1)
-    axis = torch.where(w, d, 0.0).sum(1)
-    axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-20)
-    cos = torch.where(active, (d * axis[:, None]).sum(-1), 1.0).amin(1)
-    theta = torch.acos(cos.clamp(-1.0, 1.0))  # acos is coarse near 0: _cone_hits adds margin
-    return apex, rho, axis, theta, active.any(1)
+        live = torch.ones(d.shape[1], dtype=torch.bool, device=d.device)
+        axis = d.sum(2)
+    else:
+        live = _any(active)
+        axis = torch.where(active, d, 0.0).sum(2)
+    if o.shape[2] == 1:
+        apex, rho = o[..., 0], torch.zeros_like(o[0, :, 0])
+    else:
+        if active is None:
+            apex = o.mean(2)
+        else:
+            apex = torch.where(active, o, 0.0).sum(2) / active.sum(1).clamp_min(1)
+        off = o - apex[..., None]
+        rho = _dot(off, off)
+        rho = (rho if active is None else torch.where(active, rho, 0.0)).amax(1).sqrt()
+    axis = axis * _dot(axis, axis).clamp_min(1e-30).rsqrt()
+    cos = _dot(d, axis[..., None])
+    if active is not None:
+        cos = torch.where(active, cos, 1.0)
+    theta = torch.acos(cos.amin(1).clamp(-1.0, 1.0))  # coarse near 0: _cone_hits adds margin
+    return apex, rho, axis, theta, live
 
 
 def _cone_hits(
     apex: Tensor, rho: Tensor, axis: Tensor, theta: Tensor, live: Tensor, c: Tensor, r: Tensor
 ) -> Tensor:
-    """Conservative: can any ray of the group [G] pass through the sphere (c, r) [G,M]?
+    """Conservative: can any ray of the group [G] pass through the sphere (c [3,G,M], r [G,M])?
 
     A ray from o (|o - apex| <= rho) along d hits the sphere only if the ray from the apex
     along d passes within r + rho of c, i.e. angle(c - apex, d) <= asin((r + rho) / |c - apex|),
     so angle(c - apex, axis) <= theta + that. Margins cover float rounding of both tests.
     """
     rr = (r + rho[:, None]) * 1.001 + 1e-4
-    w = c - apex[:, None]
-    dist = w.norm(dim=-1)
-    ang = _angle(w, axis[:, None].expand_as(w))
+    w = c - apex[..., None]
+    dist = _dot(w, w).sqrt()
+    a = axis[..., None]
+    cross = torch.stack(
+        [w[1] * a[2] - w[2] * a[1], w[2] * a[0] - w[0] * a[2], w[0] * a[1] - w[1] * a[0]]
+    )
+    ang = torch.atan2(_dot(cross, cross).sqrt(), _dot(w, a))  # accurate near 0 and pi
     lim = theta[:, None] + torch.asin((rr / dist.clamp_min(1e-20)).clamp(max=1.0)) + 1e-3
     return live[:, None] & ((dist <= rr) | (ang <= lim))
 
 
-def _finish(
-    t_ground: Tensor, objects: tuple[Tensor, ...] | None, tmax: Tensor | None, active: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor] | Tensor:
-    """Merge the ground with the objects' closest hit, or OR their occlusion."""
-    if tmax is not None:
-        blocked = t_ground < tmax
-        if objects is not None:
-            blocked |= objects[0]
-        return blocked if active is None else blocked & active
-    zeros = torch.zeros_like(t_ground, dtype=torch.long)
-    if objects is None:
-        return t_ground, zeros, zeros
-    t_obj, k_obj, i_obj = objects
-    ground_wins = t_ground <= t_obj
-    return (
-        torch.where(ground_wins, t_ground, t_obj),
-        torch.where(ground_wins, GROUND, k_obj),
-        torch.where(ground_wins, 0, i_obj),
-    )
-
-
-def _ground(o: Tensor, d: Tensor, half: Tensor, tmin: float) -> Tensor:
-    t = -o[..., 2] / d[..., 2]
-    lim = half[:, None]
-    hit = (d[..., 2] < 0) & (t > tmin)
-    hit &= (o[..., 0] + t * d[..., 0]).abs() <= lim
-    hit &= (o[..., 1] + t * d[..., 1]).abs() <= lim
+def _ground(o: Tensor, d: Tensor, lim: Tensor, tmin: float) -> Tensor:
+    """The ground square |x|, |y| <= ``lim`` (broadcast over rays) at z = 0."""
+    t = -o[2] / d[2]
+    hit = (d[2] < 0) & (t > tmin)
+    hit &= (o[0] + t * d[0]).abs() <= lim
+    hit &= (o[1] + t * d[1]).abs() <= lim
     return torch.where(hit, t, INF)
 
 
-def _spheres(o: Tensor, d: Tensor, c: Tensor, r: Tensor, ok: Tensor, tmin: float) -> Tensor:
-    ct = c.transpose(1, 2)
-    b = (o * d).sum(-1, keepdim=True) - torch.bmm(d, ct)
-    q = (o * o).sum(-1, keepdim=True) - 2 * torch.bmm(o, ct) + ((c * c).sum(-1) - r * r)[:, None, :]
-    disc = b * b - q
+def _spheres(o: Tensor, d: Tensor, c: Tensor, r: Tensor, tmin: float) -> Tensor:
+    """Nearest hit t > tmin [P,T] of rays o, d [3,P,T] (o may be [3,P,1]) with one sphere
+    per pair (centre c [P,3], radius r [P]); INF on a miss."""
+    oc = o - c.T[..., None]
+    b = _dot(oc, d)
+    disc = b * b - (_dot(oc, oc) - (r * r)[:, None])
     t = -b - disc.clamp_min(0).sqrt()
-    hit = (disc > 0) & (t > tmin) & ok[:, None, :]
-    return torch.where(hit, t, INF)
+    return torch.where((disc > 0) & (t > tmin), t, INF)
 
 
-def _boxes(
-    o: Tensor, d: Tensor, c: Tensor, rot: Tensor, half: Tensor, ok: Tensor, tmin: float
-) -> Tensor:
-    b_n, n_b = c.shape[:2]
-    m = rot.permute(0, 2, 1, 3).reshape(b_n, 3, n_b * 3)  # d @ m = every box-local direction
-    c_loc = torch.einsum("bmk,bmkj->bmj", c, rot).reshape(b_n, 1, n_b * 3)
-    dl = torch.bmm(d, m)
-    inv = dl.masked_fill_(dl == 0, 1e-20).reciprocal()  # axis-parallel rays: no inf - inf
-    tc = (c_loc - torch.bmm(o, m)) * inv
-    hw = (half.reshape(b_n, 1, n_b * 3) * inv).abs()
-    shape = (*d.shape[:2], n_b, 3)
-    tn = (tc - hw).view(shape).amax(-1)
-    tf = (tc + hw).view(shape).amin(-1)
-    hit = (tn <= tf) & (tn > tmin) & ok[:, None, :]
-    return torch.where(hit, tn, INF)
+def _boxes(o: Tensor, d: Tensor, c: Tensor, rot: Tensor, half: Tensor, tmin: float) -> Tensor:
+    """Slab test against one oriented box per pair (centre [P,3], scene-from-box [P,3,3],
+    half size [P,3])."""
+    oc = o - c.T[..., None]
+    r = rot[..., None]  # [P,3,3,1]: box-local component j = sum_k v_k rot[k, j]
+    tn = tf = None
+    for j in range(3):
+        dl = d[0] * r[:, 0, j] + d[1] * r[:, 1, j] + d[2] * r[:, 2, j]
+        ol = oc[0] * r[:, 0, j] + oc[1] * r[:, 1, j] + oc[2] * r[:, 2, j]
+        inv = torch.where(dl == 0, 1e20, dl.reciprocal())  # axis-parallel rays: no inf - inf
+        tc = -ol * inv
+        hw = (half[:, j, None] * inv).abs()
+        lo, hi = tc - hw, tc + hw
+        tn = lo if tn is None else torch.maximum(tn, lo)
+        tf = hi if tf is None else torch.minimum(tf, hi)
+    return torch.where((tn <= tf) & (tn > tmin), tn, INF)  # type: ignore[operator]
 
 
-def _cylinders(
-    o: Tensor, d: Tensor, c: Tensor, r: Tensor, hh: Tensor, ok: Tensor, tmin: float
-) -> Tensor:
-    ox = o[..., 0:1] - c[:, None, :, 0]
-    oy = o[..., 1:2] - c[:, None, :, 1]
-    oz = o[..., 2:3] - c[:, None, :, 2]
-    dx, dy, dz = d[..., 0:1], d[..., 1:2], d[..., 2:3]
-    r2 = (r * r)[:, None, :]
-    h = hh[:, None, :]
+def _cylinders(o: Tensor, d: Tensor, c: Tensor, r: Tensor, hh: Tensor, tmin: float) -> Tensor:
+    """Side and caps of one z-aligned capped cylinder per pair (centre [P,3], radius [P],
+    half height [P])."""
+    ox, oy, oz = (o[i] - c[:, i, None] for i in range(3))
+    dx, dy, dz = d
+    r2 = (r * r)[:, None]
+    h = hh[:, None]
     a = dx * dx + dy * dy
     bq = ox * dx + oy * dy
     disc = bq * bq - a * (ox * ox + oy * oy - r2)
@@ -640,36 +816,39 @@ def _cylinders(
     tcap = (torch.where(dz < 0, h, -h) - oz) / dz
     xc, yc = ox + tcap * dx, oy + tcap * dy
     cap = (xc * xc + yc * yc <= r2) & (tcap > tmin)
-    t = torch.minimum(torch.where(side, ts, INF), torch.where(cap, tcap, INF))
-    return torch.where(ok[:, None, :], t, INF)
+    return torch.minimum(torch.where(side, ts, INF), torch.where(cap, tcap, INF))
 
 
 def _height(
-    params: Tensor, x: Tensor, y: Tensor, grad: bool = False
+    pr: Tensor, x: Tensor, y: Tensor, grad: bool = False
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Height (and gradient) of height fields ``params`` [M,W] at points x, y [M,S]."""
-    cx, cy, hx, hy = (params[:, i, None] for i in range(4))
-    nb = (params.shape[1] - 9) // 4
-    bumps = params[:, 4 : 4 + 4 * nb].reshape(-1, 1, nb, 4)
-    rip = params[:, 4 + 4 * nb : 8 + 4 * nb]
+    """Height (and gradient) at points x, y of height fields with parameter columns ``pr``
+    [W,...] (see _hf_params; each column broadcasts against x)."""
+    cx, cy, hx, hy = pr[0], pr[1], pr[2], pr[3]
+    nb = (pr.shape[0] - 9) // 4
+    ra, kx, ky, ph = pr[4 + 4 * nb : 8 + 4 * nb]
     u = ((x - cx) / hx).clamp(-1, 1)
     v = ((y - cy) / hy).clamp(-1, 1)
     wu, wv = 1 - u * u, 1 - v * v
     w = (wu * wv).square()
-    ex = x[..., None] - bumps[..., 1]
-    ey = y[..., None] - bumps[..., 2]
-    g = bumps[..., 0] * torch.exp(-(ex * ex + ey * ey) * bumps[..., 3])
-    phase = rip[:, 1, None] * x + rip[:, 2, None] * y + rip[:, 3, None]
-    hgt = g.sum(-1) + rip[:, 0, None] * torch.sin(phase)
+    phase = kx * x + ky * y + ph
+    hgt = ra * torch.sin(phase)
+    if grad:
+        cos = ra * torch.cos(phase)
+        gx, gy = cos * kx, cos * ky
+    # All bumps at once: [nb,...] terms, summed over the leading dim.
+    a, bx, by, s = pr[4 : 4 + 4 * nb].reshape(nb, 4, *pr.shape[1:]).unbind(1)
+    ex, ey = x - bx, y - by
+    g = a * torch.exp((-(ex * ex + ey * ey) * s).clamp_min(_EXP_MIN))
+    hgt = hgt + g.sum(0)
+    if grad:
+        gk = -2 * g * s
+        gx, gy = gx + (gk * ex).sum(0), gy + (gk * ey).sum(0)
     if not grad:
         return w * hgt, None, None
-    gk = -2 * g * bumps[..., 3]
-    cos = rip[:, 0, None] * torch.cos(phase)
-    hx_ = (gk * ex).sum(-1) + cos * rip[:, 1, None]
-    hy_ = (gk * ey).sum(-1) + cos * rip[:, 2, None]
     wx = -4 * u * wu * wv * wv / hx
     wy = -4 * v * wv * wu * wu / hy
-    return w * hgt, wx * hgt + w * hx_, wy * hgt + w * hy_
+    return w * hgt, wx * hgt + w * gx, wy * hgt + w * gy
 
 
 def _heightfields(
@@ -678,202 +857,259 @@ def _heightfields(
     d: Tensor,
     params: Tensor,
     top: Tensor,
-    ok: Tensor,
     tmin: float,
     tmax: Tensor | None,
     active: Tensor | None,
     tcut: Tensor | None = None,
 ) -> Tensor:
-    """March each ray through each field's bounding box; refine the first downward crossing.
+    """March each ray [3,P,T] through its pair's field's bounding box (params [P,W], top
+    [P]); refine the first downward crossing. With ``tmax`` [P,T]: any crossing before it.
 
-    Rays whose box entry is at or beyond ``tcut`` [B,N] are skipped: a hit already found
+    Rays whose box entry is at or beyond ``tcut`` [P,T] are skipped: a hit already found
     there is at least as near and wins ties, so marching them cannot change the result.
     """
-    cx, cy, hx, hy = (params[:, None, :, i] for i in range(4))
-    inv = d.masked_fill(d == 0, 1e-20).reciprocal()[..., None, :]  # [B,N,1,3]
-    lo = torch.stack([cx - hx, cy - hy, torch.zeros_like(cx)], -1)
-    hi = torch.stack([cx + hx, cy + hy, top[:, None, :]], -1)
-    t1 = (lo - o[..., None, :]) * inv
-    t2 = (hi - o[..., None, :]) * inv
-    tn = torch.minimum(t1, t2).amax(-1).clamp_min(tmin)
-    tf = torch.maximum(t1, t2).amin(-1)
+    cx, cy, hx, hy = (params[:, i, None] for i in range(4))
+    lo = (cx - hx, cy - hy, 0.0)
+    hi = (cx + hx, cy + hy, top[:, None])
+    tn = tf = None
+    for j in range(3):
+        inv = torch.where(d[j] == 0, 1e20, d[j].reciprocal())
+        t1, t2 = (lo[j] - o[j]) * inv, (hi[j] - o[j]) * inv
+        near, far = torch.minimum(t1, t2), torch.maximum(t1, t2)
+        tn = near if tn is None else torch.maximum(tn, near)
+        tf = far if tf is None else torch.minimum(tf, far)
+    tn = tn.clamp_min(tmin)  # type: ignore[union-attr]
     if tmax is not None:
-        tf = torch.minimum(tf, tmax[..., None])
-    cand = (tn < tf) & ok[:, None, :]
+        tf = torch.minimum(tf, tmax)  # type: ignore[arg-type]
+    cand = tn < tf
     if active is not None:
-        cand &= active[..., None]
+        cand &= active
     if tcut is not None:
-        cand &= tn < tcut[..., None]
-    out = torch.full(cand.shape, INF, device=d.device)
-    bi, ni, hi_ = cand.nonzero(as_tuple=True)
-    if bi.numel() == 0:
-        return out
-    ro, rd, pr = o[bi, ni], d[bi, ni], params[bi, hi_]
-    t0, t1_ = _clip_to_relief(ro, rd, pr, tn[bi, ni, hi_], tf[bi, ni, hi_])
+        cand &= tn < tcut  # type: ignore[operator]
+    p_n, group = cand.shape
+    out = torch.full((p_n * group,), INF, device=d.device)
+    f = cand.view(-1).nonzero()[:, 0]  # flat (pair, ray) of the candidates
+    if f.numel() == 0:
+        return out.view(p_n, group)
+    pt = params.T.contiguous()  # [W,P]
+    o_flat = o.reshape(3, -1)
+    ro, rd = o_flat.index_select(1, f // group if o.shape[2] == 1 else f), d.reshape(3, -1)
+    rd = rd.index_select(1, f)
+    t0, t1_ = kernels.clip(
+        ro,
+        rd,
+        pt.index_select(1, f // group),
+        tn.reshape(-1).index_select(0, f),  # type: ignore[union-attr]
+        tf.reshape(-1).index_select(0, f),  # type: ignore[union-attr]
+    )
     keep = (t0 < t1_).nonzero()[:, 0]
-    bi, ni, hi_, ro, rd, pr, t0, t1_ = (x[keep] for x in (bi, ni, hi_, ro, rd, pr, t0, t1_))
+    f, t0, t1_ = (x.index_select(0, keep) for x in (f, t0, t1_))
+    ro, rd, pr = ro.index_select(1, keep), rd.index_select(1, keep), pt.index_select(1, f // group)
     n_steps = MARCH_STEPS if tmax is None else SHADOW_MARCH_STEPS
-    steps = torch.linspace(0, 1, n_steps + 1, device=d.device)
-    ts = (t1_ - t0)[:, None] * steps
+    steps = torch.linspace(0, 1, n_steps + 1, device=d.device)[:, None]
+    ts = steps * (t1_ - t0)  # [S,K]
     gs = kernels.march(ro, rd, pr, t0, ts)
-    ts = ts + t0[:, None]
-    cross = (gs[:, :-1] > 0) & (gs[:, 1:] <= 0)
-    has = cross.any(1)
+    cross = (gs[:-1] > 0) & (gs[1:] <= 0)
+    has = (cross.view(torch.uint8).sum(0, dtype=torch.int32) > 0).nonzero()[:, 0]
     if tmax is not None:
-        out[bi[has], ni[has], hi_[has]] = 0.0  # any crossing inside [tmin, tmax) occludes
-        return out
-    # Only rays that cross need refining (the rest keep INF).
-    bi, ni, hi_, ro, rd, pr = bi[has], ni[has], hi_[has], ro[has], rd[has], pr[has]
-    ts, gs, cross = ts[has], gs[has], cross[has]
-    k = cross.to(torch.uint8).argmax(1, keepdim=True)
-    a, b = ts.gather(1, k), ts.gather(1, k + 1)
-    ga, gb = gs.gather(1, k), gs.gather(1, k + 1)
+        return out.index_fill_(0, f[has], 0.0).view(p_n, group)  # any crossing occludes
+    # Only rays that cross need refining (the rest keep INF), from the first crossing's
+    # bracket (found last to first: a reduction over the sample dim is slow on CPU).
+    f, ro, rd, pr = (
+        f[has],
+        ro.index_select(1, has),
+        rd.index_select(1, has),
+        pr.index_select(1, has),
+    )
+    ts, gs, cross = ts.index_select(1, has) + t0[has], gs.index_select(1, has), cross[:, has]
+    k = torch.zeros_like(f)
+    for i in range(n_steps - 1, -1, -1):
+        k = torch.where(cross[i], i, k)
+    k = k[None]
+    a, b = ts.gather(0, k)[0], ts.gather(0, k + 1)[0]
+    ga, gb = gs.gather(0, k)[0], gs.gather(0, k + 1)[0]
     t = a + (b - a) * ga / (ga - gb).clamp_min(1e-30)
     # Safeguarded Newton: keep a sign bracket; a step that leaves it is replaced by the
     # bracket's secant point, alternating with its midpoint so one-sided stalls cannot happen.
+    # A ray is done once on the surface or its Newton step is within float resolution, and
+    # leaves the batch (so its t does not depend on the other rays); most are done after two
+    # or three steps, NEWTON_STEPS bounds the rest.
     for it in range(NEWTON_STEPS):
-        x = ro[:, None, 0] + t * rd[:, None, 0]
-        y = ro[:, None, 1] + t * rd[:, None, 1]
-        f, fx, fy = kernels.height(pr, x, y, grad=True)
-        gv = ro[:, None, 2] + t * rd[:, None, 2] - f
-        above = gv > 0
-        a, b = torch.where(above, t, a), torch.where(above, b, t)
-        ga, gb = torch.where(above, gv, ga), torch.where(above, gb, gv)
-        slope = rd[:, None, 2] - fx * rd[:, None, 0] - fy * rd[:, None, 1]  # type: ignore[operator]
-        step = t - gv / torch.where(slope.abs() > 1e-20, slope, -1e-20)
-        fallback = a + (b - a) * ga / (ga - gb).clamp_min(1e-30) if it % 2 else 0.5 * (a + b)
-        t = torch.where((step > a) & (step < b), step, fallback)
-    out[bi, ni, hi_] = t[:, 0]
-    return out
+        t, a, b, ga, gb, done = kernels.newton(pr, ro, rd, t, a, b, ga, gb, it % 2 == 1)
+        if it == NEWTON_STEPS - 1:
+            break
+        fin = done.nonzero()[:, 0]
+        out.index_copy_(0, f[fin], t[fin])
+        if fin.numel() == f.numel():
+            return out.view(p_n, group)
+        if fin.numel():
+            rest = (~done).nonzero()[:, 0]
+            f, t, a, b, ga, gb = (x[rest] for x in (f, t, a, b, ga, gb))
+            ro, rd, pr = (
+                ro.index_select(1, rest),
+                rd.index_select(1, rest),
+                pr.index_select(1, rest),
+            )
+    return out.index_copy_(0, f, t).view(p_n, group)
 
 
-def _bumps(pr: Tensor) -> tuple[Tensor, ...]:
-    """Bump columns (a, x, y, 1/(2 sigma^2)) [K,nb] of height-field rows [K,W]."""
-    nb = (pr.shape[1] - 9) // 4
-    b = pr[:, 4 : 4 + 4 * nb].reshape(-1, nb, 4)
-    return b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+def _newton(
+    pr: Tensor,
+    ro: Tensor,
+    rd: Tensor,
+    t: Tensor,
+    a: Tensor,
+    b: Tensor,
+    ga: Tensor,
+    gb: Tensor,
+    secant: bool,
+) -> tuple[Tensor, ...]:
+    """One safeguarded Newton step on g = z - h along rays ro, rd [3,K] from t inside the
+    sign bracket [a, b] (g(a) = ga > 0 >= gb = g(b)): the new t, bracket, and whether the ray
+    is done (|g(t)| within NEWTON_TOL_G: t is kept; or a step within float resolution). A
+    step that leaves the bracket is replaced by the bracket's secant point (``secant``) or
+    its midpoint."""
+    f, fx, fy = _height(pr, ro[0] + t * rd[0], ro[1] + t * rd[1], grad=True)
+    gv = ro[2] + t * rd[2] - f
+    above = gv > 0
+    a, b = torch.where(above, t, a), torch.where(above, b, t)
+    ga, gb = torch.where(above, gv, ga), torch.where(above, gb, gv)
+    slope = rd[2] - fx * rd[0] - fy * rd[1]  # type: ignore[operator]
+    step = t - gv / torch.where(slope.abs() > 1e-20, slope, -1e-20)
+    fallback = a + (b - a) * ga / (ga - gb).clamp_min(1e-30) if secant else 0.5 * (a + b)
+    inside = (step >= a) & (step <= b)
+    on = gv.abs() <= NEWTON_TOL_G  # on the surface already: keep t
+    done = on | (inside & ((step - t).abs() <= NEWTON_TOL * t))
+    return torch.where(on, t, torch.where(inside, step, fallback)), a, b, ga, gb, done
 
 
 def _clip_to_relief(
     ro: Tensor, rd: Tensor, pr: Tensor, t0: Tensor, t1: Tensor
 ) -> tuple[Tensor, ...]:
-    """Shrink each ray's box segment [t0, t1] [K] to where the ray is below a per-ray bound on
-    the relief: w <= 1, so h <= sum of positive bumps at their nearest approach to the
-    segment's xy path + |ripple|. Above that bound g > 0, so no crossing is lost; the bound has
-    margin over float rounding. Empty segments come back with t0 >= t1 (no crossing)."""
-    a, bx, by, s = _bumps(pr)
-    x0, y0 = ro[:, 0] + t0 * rd[:, 0], ro[:, 1] + t0 * rd[:, 1]
-    sx, sy = (t1 - t0) * rd[:, 0], (t1 - t0) * rd[:, 1]
-    ex, ey = bx - x0[:, None], by - y0[:, None]
-    lam = (ex * sx[:, None] + ey * sy[:, None]) / (sx * sx + sy * sy).clamp_min(1e-30)[:, None]
-    lam = lam.clamp(0, 1)
-    dx, dy = ex - lam * sx[:, None], ey - lam * sy[:, None]
-    bound = (a.clamp_min(0) * torch.exp(-(dx * dx + dy * dy) * s)).sum(1) + pr[
-        :, 4 * a.shape[1] + 4
-    ].abs()
+    """Shrink each ray's (ro, rd [3,K]) box segment [t0, t1] [K] to where the ray is below a
+    per-ray bound on the relief (pr [W,K]): w <= 1, so h <= sum of positive bumps at their
+    nearest approach to the segment's xy path + |ripple|. Above that bound g > 0, so no
+    crossing is lost; the bound has margin over float rounding. Empty segments come back with
+    t0 >= t1 (no crossing)."""
+    nb = (pr.shape[0] - 9) // 4
+    x0, y0 = ro[0] + t0 * rd[0], ro[1] + t0 * rd[1]
+    sx, sy = (t1 - t0) * rd[0], (t1 - t0) * rd[1]
+    inv_len2 = (sx * sx + sy * sy).clamp_min(1e-30).reciprocal()
+    a, bx, by, s = pr[4 : 4 + 4 * nb].reshape(nb, 4, -1).unbind(1)  # [nb,K] each
+    ex, ey = bx - x0, by - y0
+    lam = ((ex * sx + ey * sy) * inv_len2).clamp(0, 1)
+    dx, dy = ex - lam * sx, ey - lam * sy
+    bound = (a.clamp_min(0) * torch.exp((-(dx * dx + dy * dy) * s).clamp_min(_EXP_MIN))).sum(
+        0
+    ) + pr[4 + 4 * nb].abs()
     bound = bound * 1.001 + 1e-5
-    dz = rd[:, 2]
-    t_at = (bound - ro[:, 2]) / torch.where(dz == 0, 1e-30, dz)
+    dz = rd[2]
+    t_at = (bound - ro[2]) / torch.where(dz == 0, 1e-30, dz)
     t0 = torch.where(dz < 0, torch.maximum(t0, t_at), t0)
     t1 = torch.where(dz > 0, torch.minimum(t1, t_at), t1)
-    flat_above = (dz == 0) & (ro[:, 2] > bound)
+    flat_above = (dz == 0) & (ro[2] > bound)
     return t0, torch.where(flat_above, t0, t1)
 
 
 def _march(ro: Tensor, rd: Tensor, pr: Tensor, t0: Tensor, tau: Tensor) -> Tensor:
-    """g = z - h at t0 + tau [K,S] along rays [K], for bracketing only (the crossing is then
-    refined on the exact ``_height``). Everything is expanded about the segment start, so
-    each Gaussian's exponent is a quadratic in tau and the ripple's phase is linear."""
-    a, bx, by, s = _bumps(pr)
-    cx, cy, hx, hy = pr[:, 0], pr[:, 1], pr[:, 2], pr[:, 3]
-    rip = pr[:, 4 + 4 * a.shape[1] : 8 + 4 * a.shape[1]]
-    dx, dy, dz = rd[:, 0], rd[:, 1], rd[:, 2]
-    x0, y0, z0 = ro[:, 0] + t0 * dx, ro[:, 1] + t0 * dy, ro[:, 2] + t0 * dz
-    u = ((x0 - cx) / hx)[:, None] + tau * (dx / hx)[:, None]
-    v = ((y0 - cy) / hy)[:, None] + tau * (dy / hy)[:, None]
-    u, v = u.clamp(-1, 1), v.clamp(-1, 1)
+    """g = z - h at t0 + tau [S,K] along rays ro, rd [3,K], for bracketing only (the crossing
+    is then refined on the exact ``_height``). Everything is expanded about the segment
+    start, so each Gaussian's exponent is a quadratic in tau and the ripple's phase is
+    linear."""
+    nb = (pr.shape[0] - 9) // 4
+    cx, cy, hx, hy = pr[0], pr[1], pr[2], pr[3]
+    ra, kx, ky, ph = pr[4 + 4 * nb : 8 + 4 * nb]
+    dx, dy, dz = rd
+    x0, y0, z0 = ro[0] + t0 * dx, ro[1] + t0 * dy, ro[2] + t0 * dz
+    u = ((x0 - cx) / hx + tau * (dx / hx)).clamp(-1, 1)
+    v = ((y0 - cy) / hy + tau * (dy / hy)).clamp(-1, 1)
     w = ((1 - u * u) * (1 - v * v)).square()
-    phase0 = rip[:, 1] * x0 + rip[:, 2] * y0 + rip[:, 3]
-    hgt = rip[:, 0, None] * torch.sin(
-        phase0[:, None] + tau * (rip[:, 1] * dx + rip[:, 2] * dy)[:, None]
-    )
-    ex, ey = x0[:, None] - bx, y0[:, None] - by
-    q2 = -(dx * dx + dy * dy)[:, None] * s
-    q1 = -2 * (ex * dx[:, None] + ey * dy[:, None]) * s
-    q0 = -(ex * ex + ey * ey) * s
-    for k in range(a.shape[1]):
-        e = (q2[:, k, None] * tau + q1[:, k, None]) * tau + q0[:, k, None]
-        hgt = hgt + a[:, k, None] * torch.exp(e)
-    return z0[:, None] + tau * dz[:, None] - w * hgt
+    hgt = ra * torch.sin(kx * x0 + ky * y0 + ph + tau * (kx * dx + ky * dy))
+    a, bx, by, s = pr[4 : 4 + 4 * nb].reshape(nb, 4, -1).unbind(1)  # [nb,K] each
+    ex, ey = x0 - bx, y0 - by
+    q2 = (-(dx * dx + dy * dy) * s)[:, None]
+    q1 = (-2 * (ex * dx + ey * dy) * s)[:, None]
+    q0 = (-(ex * ex + ey * ey) * s)[:, None]
+    hgt = hgt + (a[:, None] * torch.exp(((q2 * tau + q1) * tau + q0).clamp_min(_EXP_MIN))).sum(0)
+    return z0 + tau * dz - w * hgt
 
 
 def _surface(
     sc: _Batch, o: Tensor, d: Tensor, t: Tensor, kind: Tensor, idx: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per hit: refined t, point, unit normal, texture coordinate (local frame), material."""
-    t = t.clone()
+    """Per hit of rays o, d [3,B,N]: refined t [B,N], point, unit normal, texture coordinate
+    (local frame) [3,B,N], material [B,N]."""
+    b_n, n_r = t.shape
+    t = t.reshape(-1).clone()
+    o, d = o.reshape(3, -1), d.reshape(3, -1)
     n = torch.zeros_like(o)
-    n[..., 2] = 1.0
-    m = torch.zeros_like(idx)
+    n[2] = 1.0
+    m = torch.zeros_like(t, dtype=torch.long)
+    kind, idx = kind.reshape(-1), idx.reshape(-1)
+
+    def hits(k: int, mat: Tensor) -> tuple[Tensor, Tensor]:
+        """Rays that hit type ``k`` and their flat (scene, index) rows; sets their material."""
+        f = (kind == k).nonzero()[:, 0]
+        row = torch.div(f, n_r, rounding_mode="floor") * mat.shape[1] + idx[f]
+        m.index_copy_(0, f, mat.reshape(-1).index_select(0, row))
+        return f, row
+
+    def rows(x: Tensor, row: Tensor) -> Tensor:
+        return x.reshape(-1, *x.shape[2:]).index_select(0, row)
+
     # Each type's formulas run on its own hits only (gathered, then written back).
     if sc.sph is not None:
         c, r, mat, _ = sc.sph
-        bi, ri = (kind == SPHERE).nonzero(as_tuple=True)
-        if bi.numel():
-            oo, dd, j = o[bi, ri], d[bi, ri], idx[bi, ri]
-            cc, rr = c[bi, j], r[bi, j]
-            oc = oo - cc
-            b = (oc * dd).sum(-1)
-            disc = (b * b - ((oc * oc).sum(-1) - rr * rr)).clamp_min(0)
-            t[bi, ri] = -b - disc.sqrt()  # exact re-solve for the shaded ray
-            m[bi, ri] = mat[bi, j]
-    p = o + t[..., None] * d
+        fs, row = hits(SPHERE, mat)
+        cc, rr = rows(c, row).T, rows(r, row)
+        oc, dd = o.index_select(1, fs) - cc, d.index_select(1, fs)
+        b = _dot(oc, dd)
+        disc = (b * b - (_dot(oc, oc) - rr * rr)).clamp_min(0)
+        t.index_copy_(0, fs, -b - disc.sqrt())  # exact re-solve for the shaded ray
+    p = o + t * d
+    p[2] = torch.where(kind == GROUND, 0.0, p[2])  # exactly on the plane: no z-rounding flicker
     q = p.clone()
-    if sc.sph is not None and bi.numel():
-        loc = p[bi, ri] - cc
-        n[bi, ri] = loc / rr[..., None]
-        q[bi, ri] = loc
+    if sc.sph is not None:
+        loc = p.index_select(1, fs) - cc
+        n.index_copy_(1, fs, loc / rr)
+        q.index_copy_(1, fs, loc)
     if sc.box is not None:
         c, rot, half, mat, _ = sc.box
-        bi, ri = (kind == BOX).nonzero(as_tuple=True)
-        if bi.numel():
-            j = idx[bi, ri]
-            rr = rot[bi, j]
-            loc = ((p[bi, ri] - c[bi, j])[..., :, None] * rr).sum(-2)
-            ratio = loc / half[bi, j]
-            face = ratio.abs().argmax(-1, keepdim=True)
-            nl = torch.zeros_like(loc).scatter(-1, face, ratio.gather(-1, face).sign())
-            n[bi, ri] = (rr * nl[..., None, :]).sum(-1)
-            q[bi, ri] = loc
-            m[bi, ri] = mat[bi, j]
+        f, row = hits(BOX, mat)
+        rr = rows(rot, row)  # [K,3,3] scene-from-box
+        pc = p.index_select(1, f) - rows(c, row).T
+        loc = torch.stack([_dot(pc, rr[:, :, i].T) for i in range(3)])
+        ratio = loc / rows(half, row).T
+        # The face is the axis of the largest |ratio| (first on ties, as argmax).
+        a0, a1, a2 = ratio.abs()
+        on0 = (a0 >= a1) & (a0 >= a2)
+        on1 = ~on0 & (a1 >= a2)
+        on = (on0, on1, ~on0 & ~on1)
+        nl = torch.stack([torch.where(on[i], ratio[i].sign(), 0.0) for i in range(3)])
+        n.index_copy_(1, f, torch.stack([_dot(nl, rr[:, i].T) for i in range(3)]))
+        q.index_copy_(1, f, loc)
     if sc.cyl is not None:
         c, r, hh, mat, _ = sc.cyl
-        bi, ri = (kind == CYLINDER).nonzero(as_tuple=True)
-        if bi.numel():
-            j = idx[bi, ri]
-            loc = p[bi, ri] - c[bi, j]
-            rad = loc[..., :2].norm(dim=-1)
-            on_cap = (loc[..., 2].abs() / hh[bi, j]) > (rad / r[bi, j])
-            side_n = torch.cat(
-                [loc[..., :2] / rad.clamp_min(1e-12)[..., None], torch.zeros_like(rad)[..., None]],
-                -1,
-            )
-            cap_n = torch.zeros_like(loc)
-            cap_n[..., 2] = loc[..., 2].sign()
-            n[bi, ri] = torch.where(on_cap[..., None], cap_n, side_n)
-            q[bi, ri] = loc
-            m[bi, ri] = mat[bi, j]
+        f, row = hits(CYLINDER, mat)
+        loc = p.index_select(1, f) - rows(c, row).T
+        rad = (loc[0] * loc[0] + loc[1] * loc[1]).sqrt()
+        on_cap = (loc[2].abs() / rows(hh, row)) > (rad / rows(r, row))
+        inv = rad.clamp_min(1e-12).reciprocal()
+        zero = torch.zeros_like(rad)
+        cap_n = torch.stack([zero, zero, loc[2].sign()])
+        side_n = torch.stack([loc[0] * inv, loc[1] * inv, zero])
+        n.index_copy_(1, f, torch.where(on_cap, cap_n, side_n))
+        q.index_copy_(1, f, loc)
     if sc.hf is not None:
         params, _, mat, _ = sc.hf
-        bi, ri = (kind == HEIGHTFIELD).nonzero(as_tuple=True)
-        if bi.numel():
-            hx, hy = p[bi, ri, 0, None], p[bi, ri, 1, None]
-            _, fx, fy = sc.kernels.height(params[bi, idx[bi, ri]], hx, hy, grad=True)
-            nh = torch.cat([-fx, -fy, torch.ones_like(fx)], -1)  # type: ignore[operator]
-            n[bi, ri] = nh / nh.norm(dim=-1, keepdim=True)
-            m[bi, ri] = mat[bi, idx[bi, ri]]
-    n = torch.where(((n * d).sum(-1, keepdim=True) > 0), -n, n)
-    return t, p, n / n.norm(dim=-1, keepdim=True), q, m
+        f, row = hits(HEIGHTFIELD, mat)
+        ph = p.index_select(1, f)
+        _, fx, fy = sc.kernels.height(rows(params, row).T, ph[0], ph[1], grad=True)
+        n.index_copy_(1, f, torch.stack([-fx, -fy, torch.ones_like(fx)]))  # type: ignore[list-item,arg-type]
+    n = torch.where(_dot(n, d) > 0, -n, n)
+    n = n * _dot(n, n).rsqrt()
+    shape = (3, b_n, n_r)
+    return t.view(b_n, n_r), p.view(shape), n.view(shape), q.view(shape), m.view(b_n, n_r)
 
 
 def _hash(ix: Tensor, iy: Tensor, iz: Tensor, seed: Tensor) -> Tensor:
@@ -885,74 +1121,78 @@ def _hash(ix: Tensor, iy: Tensor, iz: Tensor, seed: Tensor) -> Tensor:
     return (h >> 16) ^ h
 
 
-def _albedo(sc: _Batch, q: Tensor, m: Tensor) -> Tensor:
-    """Solid procedural textures: solid, checker, stripes, value noise, patchwork."""
-    kind_t, freq_t, pal_t, npal_t, seed_t, dir_t = sc.mat[:6]
-    kind = kind_t.gather(1, m)
-    freq = freq_t.gather(1, m)[..., None]
-    npal = npal_t.gather(1, m)
-    seed = seed_t.gather(1, m)
-    x = q * freq
-    cell = torch.floor(x).long()
-    index = torch.zeros_like(kind)
+def _albedo(sc: _Batch, q: Tensor, m: Tensor, valid: Tensor) -> Tensor:
+    """Solid procedural textures at texture coordinates q [3,B,N] of materials m [B,N]:
+    solid, checker, stripes, value noise, patchwork (0 where not ``valid``)."""
+    kind_t, _, pal_t, _, _, dir_t = sc.mat[:6]
+    b_n, m_n = kind_t.shape
+    # Flat (scene, material) rows: one index per ray serves every table.
+    row = (m + torch.arange(0, b_n * m_n, m_n, device=m.device)[:, None]).reshape(-1)
+    kind, freq, npal, seed = (sc.mat[i].reshape(-1).index_select(0, row) for i in (0, 1, 3, 4))
+    x = q.reshape(3, -1) * freq
+    present = set(kind_t.unique().tolist())
+    index = torch.zeros_like(row)
     # Lattice indices only for the kinds this batch's material table has at all.
-    if bool((kind_t == _KIND["checker"]).any()):
-        index = torch.where(kind == _KIND["checker"], cell.sum(-1) % 2, index)
-    if bool((kind_t == _KIND["stripes"]).any()):
-        band = (x * dir_t.gather(1, m[..., None].expand(-1, -1, 3))).sum(-1)
-        index = torch.where(kind == _KIND["stripes"], torch.floor(band).long() % npal, index)
-    if bool((kind_t == _KIND["patchwork"]).any()):
-        patch = _hash(cell[..., 0], cell[..., 1], cell[..., 2], seed) % npal
+    if _KIND["checker"] in present:
+        cell = torch.floor(x).int()
+        index = torch.where(kind == _KIND["checker"], (cell[0] + cell[1] + cell[2]) & 1, index)
+    if _KIND["patchwork"] in present:
+        cell = torch.floor(x).long()
+        patch = _hash(cell[0], cell[1], cell[2], seed) % npal
         index = torch.where(kind == _KIND["patchwork"], patch, index)
-    b_n, n_r = m.shape
-    pal = (
-        pal_t.reshape(b_n, -1, 12)
-        .gather(1, m[..., None].expand(-1, -1, 12))
-        .reshape(b_n, n_r, 4, 3)
-    )
-    color = pal.gather(2, index[..., None, None].expand(-1, -1, 1, 3))[..., 0, :]
-    sel = kind == _NOISE
-    if bool(sel.any()):
-        xs, ps, ns, ss = x[sel], pal[sel], npal[sel], seed[sel]
-        noise = sc.kernels.noise
-        value = noise(xs, ss) * 0.65 + noise(2.03 * xs, ss + 1) * 0.35
-        pos = value * (ns - 1)
-        lo = pos.floor().long().clamp(0, 2)
-        frac = (pos - lo)[:, None]
-        c0 = ps.gather(1, lo[:, None, None].expand(-1, 1, 3))[:, 0]
-        c1 = ps.gather(1, (lo + 1).clamp_max(3)[:, None, None].expand(-1, 1, 3))[:, 0]
-        color[sel] = c0 + (c1 - c0) * frac
-    return color
+    if _KIND["stripes"] in present:
+        band = _dot(x, dir_t.reshape(-1, 3).index_select(0, row).T)
+        index = torch.where(kind == _KIND["stripes"], torch.floor(band).long() % npal, index)
+    pal = pal_t.reshape(-1, 3).T  # [3, (scene, material, colour)]
+    color = pal.index_select(1, row * 4 + index)
+    if _NOISE in present:
+        sel = ((kind == _NOISE) & valid.reshape(-1)).nonzero()[:, 0]
+        if sel.numel():
+            xs, ss = x.index_select(1, sel), seed.index_select(0, sel)
+            base = row.index_select(0, sel) * 4
+            noise = sc.kernels.noise
+            value = noise(xs, ss) * 0.65 + noise(2.03 * xs, ss + 1) * 0.35
+            pos = value * (npal.index_select(0, sel) - 1)
+            lo = pos.floor().long().clamp(0, 2)
+            c0 = pal.index_select(1, base + lo)
+            c1 = pal.index_select(1, base + (lo + 1).clamp_max(3))
+            color.index_copy_(1, sel, c0 + (c1 - c0) * (pos - lo))
+    return torch.where(valid.reshape(-1), color, 0.0).reshape(3, b_n, -1)
 
 
 def _value_noise(x: Tensor, seed: Tensor) -> Tensor:
-    """Trilinear value noise in [0, 1] with a smoothstep fade.
+    """Trilinear value noise in [0, 1) at x [3,K] with a smoothstep fade: lattice values are
+    the top 24 bits of a 32-bit integer hash of (cell, seed).
 
-    Same values as hashing each corner with ``_hash``: xor is bitwise, so its lattice terms
-    are formed once per axis and shared by the eight corners."""
+    The hash runs in int32 (wrapping multiplication is arithmetic mod 2^32, and a logical
+    shift is an arithmetic one masked): half the bytes of int64, identical on CPU and CUDA.
+    Xor is bitwise, so its lattice terms are formed once per axis; the eight corners are one
+    [2,2,2,K] tensor."""
     cell = torch.floor(x)
     f = x - cell
     f = f * f * (3 - 2 * f)
-    c = cell.long()
-    mask = 0xFFFFFFFF
-    hx = (c[:, 0] * 73856093, (c[:, 0] + 1) * 73856093)
-    hy = (c[:, 1] * 19349663, (c[:, 1] + 1) * 19349663)
-    sd = seed * 2654435761
-    hz = ((c[:, 2] * 83492791) ^ sd, ((c[:, 2] + 1) * 83492791) ^ sd)
-    out = torch.zeros_like(f[..., 0])
-    for dx in (0, 1):
-        for dy in (0, 1):
-            hxy = hx[dx] ^ hy[dy]
-            for dz in (0, 1):
-                h = (hxy ^ hz[dz]) & mask
-                h = (((h >> 16) ^ h) * 0x45D9F3B) & mask
-                h = (((h >> 16) ^ h) * 0x45D9F3B) & mask
-                v = ((h >> 16) ^ h).float() / 4294967296.0
-                wx = f[..., 0] if dx else 1 - f[..., 0]
-                wy = f[..., 1] if dy else 1 - f[..., 1]
-                wz = f[..., 2] if dz else 1 - f[..., 2]
-                out = out + v * wx * wy * wz
-    return out
+    c = cell.int()
+    hx = c[0] * 73856093
+    hy = c[1] * 19349663
+    hz = c[2] * 83492791
+    sd = seed.int() * _i32(2654435761)
+    hx = torch.stack([hx, hx + 73856093])[:, None, None]
+    hy = torch.stack([hy, hy + 19349663])[:, None]
+    hz = torch.stack([hz ^ sd, (hz + 83492791) ^ sd])
+    h = hx ^ hy ^ hz  # [dx, dy, dz, K]
+    h = (((h >> 16) & 0xFFFF) ^ h) * 0x45D9F3B
+    h = (((h >> 16) & 0xFFFF) ^ h) * 0x45D9F3B
+    h = ((h >> 16) & 0xFFFF) ^ h
+    v = ((h >> 8) & 0xFFFFFF).float() * (1.0 / 16777216)
+    v = torch.lerp(v[0], v[1], f[0])  # [dy, dz, K]
+    v = torch.lerp(v[0], v[1], f[1])  # [dz, K]
+    return torch.lerp(v[0], v[1], f[2])
+
+
+def _i32(v: int) -> int:
+    """The int32 with the same low 32 bits as ``v``."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 @dataclass(frozen=True)
@@ -964,10 +1204,31 @@ class _Kernels:
     boxes: Callable[..., Tensor]
     cylinders: Callable[..., Tensor]
     march: Callable[..., Tensor]
+    newton: Callable[..., tuple[Tensor, ...]]
+    clip: Callable[..., tuple[Tensor, ...]]
+    ground: Callable[..., Tensor]
+    cone: Callable[..., tuple[Tensor, ...]]
+    cone_hits: Callable[..., Tensor]
     noise: Callable[..., Tensor]
+    light: Callable[..., tuple[Tensor, ...]]
+    mix: Callable[..., Tensor]
 
 
-_EAGER = _Kernels(_height, _spheres, _boxes, _cylinders, _march, _value_noise)
+_EAGER = _Kernels(
+    _height,
+    _spheres,
+    _boxes,
+    _cylinders,
+    _march,
+    _newton,
+    _clip_to_relief,
+    _ground,
+    _cone,
+    _cone_hits,
+    _value_noise,
+    _light,
+    _mix,
+)
 
 
 @functools.cache

@@ -82,7 +82,7 @@ def _mesh_scene(spec: SceneSpec) -> tuple[Any, np.ndarray, np.ndarray]:
             gx = torch.linspace(-1, 1, n) * p[2] + p[0]
             gy = torch.linspace(-1, 1, n) * p[3] + p[1]
             yy, xx = torch.meshgrid(gy, gx, indexing="ij")
-            z = R._height(p[None].expand(n * n, -1), xx.reshape(-1, 1), yy.reshape(-1, 1))[0]
+            z = R._height(p[:, None], xx.reshape(-1), yy.reshape(-1))[0]  # columns [W,1]
             verts = torch.stack([xx.reshape(-1), yy.reshape(-1), z.reshape(-1)], -1).numpy()
             q = np.arange(n * n).reshape(n, n)[:-1, :-1].ravel()
             faces = np.concatenate(
@@ -123,8 +123,11 @@ def _embree_render(
     normal = torch.where((normal * d).sum(-1, keepdim=True) > 0, -normal, normal)
     valid = torch.isfinite(t)
     p = o + torch.where(valid, t, 0.0)[..., None] * d
-    _, _, _, q, m = R._surface(sc, o, d, torch.where(valid, t, 0.0), kind, idx)
-    albedo = R._albedo(sc, q, m)
+    # The renderer's shading helpers take component-first vectors [3,B,N].
+    _, _, _, q, m = R._surface(
+        sc, o.permute(2, 0, 1), d.permute(2, 0, 1), torch.where(valid, t, 0.0), kind, idx
+    )
+    albedo = R._albedo(sc, q, m, valid).permute(1, 2, 0)
     ks, shin = sc.mat[6].gather(1, m)[..., None], sc.mat[7].gather(1, m)[..., None]
     color = albedo * sc.ambient[:, None, :]
     origin = p + R.SHADOW_EPS * normal
