@@ -7,6 +7,7 @@ import torch
 
 from attrsub.align import (
     Sim3,
+    _brute_nearest,
     align_depth,
     depth_scale,
     depth_scale_shift,
@@ -61,13 +62,23 @@ def test_umeyama_weights_ignore_outliers() -> None:
         umeyama(src[:2], dst[:2])
 
 
-def test_nearest_neighbors_chunked_matches_full() -> None:
+def test_nearest_neighbors_is_exact() -> None:
+    """The k-d tree (CPU) and the chunked brute force (accelerators) both find the true nearest
+    point: checked against a full float64 distance matrix."""
     g = torch.Generator().manual_seed(3)
-    a, b = torch.randn(100, 3, generator=g), torch.randn(80, 3, generator=g)
-    d1, i1 = nearest_neighbors(a, b, chunk=7)
-    d2, i2 = nearest_neighbors(a, b, chunk=1000)
-    torch.testing.assert_close(d1, d2)
-    assert torch.equal(i1, i2)
+    a, b = torch.randn(500, 3, generator=g).double(), torch.randn(400, 3, generator=g).double()
+    full = torch.cdist(a, b)
+    want_d, want_i = full.min(dim=1)
+    d, i = nearest_neighbors(a, b)
+    assert torch.equal(i, want_i)
+    torch.testing.assert_close(d, want_d)
+    assert d.dtype == torch.float64
+    for chunk in (7, 1000):
+        assert torch.equal(_brute_nearest(a, b, chunk), want_i)
+    empty_d, empty_i = nearest_neighbors(a[:0], b)
+    assert empty_d.shape == (0,) and empty_i.shape == (0,)
+    with pytest.raises(ConfigError, match="reference point set is empty"):
+        nearest_neighbors(a, b[:0])
 
 
 def test_icp_refines_small_misalignment() -> None:
