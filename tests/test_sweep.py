@@ -67,6 +67,12 @@ def _check_tables(study_dir: Path) -> pd.DataFrame:
     return trials
 
 
+def _worker_pids(experiment: Path) -> set[int]:
+    """The processes a Tune experiment's trials ran in (Tune adds ``pid`` to each result)."""
+    return {json.loads(line)["pid"] for f in experiment.glob("*/result.json")
+            for line in f.read_text().splitlines() if line.strip()}
+
+
 def test_smoke_study_end_to_end_and_resume(tmp_path) -> None:
     storage = tmp_path / f"store-{uuid.uuid4().hex[:8]}"
     run = _study(storage)
@@ -79,6 +85,10 @@ def test_smoke_study_end_to_end_and_resume(tmp_path) -> None:
     assert actor["requests"] == actor["cached"] + actor["hits"]
     first = _check_tables(storage / "smoke")
     assert (storage / "smoke" / "banks" / "bank-irls.safetensors").is_file()
+    # every stage fans out: its trials ran in two or more trial workers (one: one at a time)
+    for stage in ("smoke-mine", "smoke-lr-*", "smoke-ablation"):
+        (folder,) = storage.glob(stage)
+        assert len(_worker_pids(folder)) >= 2, stage
     report = (storage / "smoke" / "report.md").read_text()
     assert "print_attack" in report and (storage / "smoke" / "fig-rank.png").is_file()
 
