@@ -6,24 +6,30 @@ it (base model and the hash of its weights, factor, dataset spec, seed, rank, st
 loss). The base hash is checked on load, so an adapter never lands on a base it was not
 trained on. Targets are explicit module names (never a suffix pattern), so the patch
 encoder (``aggregator.patch_embed.*``), whose blocks share the suffixes, is never adapted.
+
+PEFT is imported only where an adapter is made or loaded: it imports transformers (about
+3 s), which drivers, command-line errors and the trials of the other methods do not need.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from torch import nn
 
 from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
 from attrsub.subspace import Update, from_peft
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 BLOCKS = ("frame", "global")
@@ -74,7 +80,8 @@ class LoraSpec:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    peft = sys.modules.get("peft")  # not imported yet: then no model is a PeftModel
+    return model.get_base_model() if peft and isinstance(model, peft.PeftModel) else model
 
 
 def target_modules(model: nn.Module, spec: LoraSpec) -> list[str]:
@@ -102,6 +109,8 @@ def apply_lora(model: nn.Module, spec: LoraSpec, init: str = "default") -> PeftM
     """Wrap ``model`` with LoRA (base frozen by PEFT); ``init="pissa"`` uses PiSSA's SVD init."""
     if init not in INITS:
         raise ConfigError(f"unknown LoRA init {init!r}; valid: {INITS}")
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
@@ -160,6 +169,8 @@ def load_adapter(adapter_dir: str | os.PathLike[str], base: Any) -> PeftModel:
             f"given has {base.weights_hash}; load the base it was trained on"
         )
     _read_tensors(adapter_dir)
+    from peft import PeftModel
+
     try:
         return PeftModel.from_pretrained(base.model, str(adapter_dir))
     except Exception as exc:
