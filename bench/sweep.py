@@ -11,7 +11,8 @@ then runs the first ``--trials`` stage-2 jobs of the preset twice:
 
 It prints both wall times, the speed-up (target >= 1.7x on 2 CPUs), the Ray overhead per
 trial (sweep wall x concurrency / trials minus the trials' own mean wall time, measured inside
-each trial), and the subspace actor's cache hit rate. ``--repeats`` reruns both and reports
+each trial), the speed-up the trials' own times would allow with no overhead at all, and the
+subspace actor's cache hit rate. ``--repeats`` reruns both and reports
 medians.
 
 Run from the repository root: ``python bench/sweep.py [--preset quick] [--trials 36]``.
@@ -113,8 +114,9 @@ def main() -> None:
         ray.get(handle.bank_path.remote(ext))
     _warm(preset, jobs, paths.cache)
 
-    serial, sweep, overhead = [], [], []
-    stats: dict[str, Any] = {}
+    serial, sweep, overhead, trial_wall = [], [], [], []
+    stats: dict[str, Any] = {"requests": 0, "hits": 0}
+    served: list[tuple[int, int]] = []  # (requests, hits) of each repeat's sweep
     for rep in range(args.repeats):
         serial.append(_serial(preset, jobs, paths.local / "banks" /
                               f"bank-{preset.extraction.method}.safetensors", paths.cache,
@@ -125,10 +127,12 @@ def main() -> None:
         bad = [r["trial_id"] for r in rows if r["status"] != "ok"]
         if bad:
             raise SystemExit(f"sweep trials failed: {bad}")
-        own = statistics.fmean(r["wall_s"] for r in rows)
-        overhead.append(sweep[-1] * args.cpus / len(rows) - own)
-        stats = ray.get(handle.stats.remote())
-        print(f"repeat {rep}: serial {serial[-1]:.1f} s, sweep {sweep[-1]:.1f} s")
+        trial_wall.append(statistics.fmean(r["wall_s"] for r in rows))
+        overhead.append(sweep[-1] * args.cpus / len(rows) - trial_wall[-1])
+        before, stats = stats, ray.get(handle.stats.remote())
+        served.append((stats["requests"] - before["requests"], stats["hits"] - before["hits"]))
+        print(f"repeat {rep}: serial {serial[-1]:.1f} s, sweep {sweep[-1]:.1f} s "
+              f"({serial[-1] / sweep[-1]:.2f}x), actor {served[-1][1]}/{served[-1][0]} hits")
     ray.kill(handle)
     s, w = statistics.median(serial), statistics.median(sweep)
     print(f"\n{len(jobs)} stage-2 trials of preset {args.preset!r} ({preset.steps} steps, "
@@ -137,9 +141,19 @@ def main() -> None:
     print(f"  Ray Tune sweep, 1 CPU per trial      : {w:8.1f} s")
     print(f"  speed-up serial / sweep              : {s / w:8.2f} x  (target >= 1.7)")
     print(f"  Ray overhead per trial               : {statistics.median(overhead):8.2f} s")
-    print(f"  actor: {stats['requests']} basis requests, {stats['hits']} cache hits "
-          f"(hit rate {stats['hit_rate'] or 0:.2f}), {stats['extractions']} factor "
-          f"extractions")
+    own = statistics.median(trial_wall)
+    print(f"  mean trial: serial {s / len(jobs):.2f} s on {args.cpus} threads, in the sweep "
+          f"{own:.2f} s on 1 thread beside the others;\n"
+          f"    so with no Ray overhead at all the speed-up would be "
+          f"{args.cpus * s / len(jobs) / own:.2f} x")
+    (req, hits), later = served[0], served[1:]
+    print(f"  actor cache hits, first sweep        : {hits}/{req} "
+          f"(rate {hits / req if req else 0:.2f}; bank ready, no basis integrated yet)")
+    if later:
+        req, hits = sum(r for r, _ in later), sum(h for _, h in later)
+        print(f"  actor cache hits, later sweeps       : {hits}/{req} "
+              f"(rate {hits / req if req else 0:.2f})")
+    print(f"  actor factor extractions             : {stats['extractions']}")
 
 
 if __name__ == "__main__":
