@@ -100,6 +100,9 @@ def nearest_neighbors(
         raise ConfigError("reference point set is empty")
     if chunk < 1:
         raise ConfigError(f"chunk must be >= 1, got {chunk}")
+    for x, name in ((query, "query"), (reference, "reference")):
+        if not bool(torch.isfinite(x).all()):
+            raise ConfigError(f"{name} points must be finite (mask NaN/inf points first)")
     if len(query) == 0:
         return query.new_zeros(0), torch.zeros(0, dtype=torch.long, device=query.device)
     if query.device.type == "cpu" and reference.device.type == "cpu":

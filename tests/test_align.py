@@ -79,6 +79,9 @@ def test_nearest_neighbors_is_exact() -> None:
     assert empty_d.shape == (0,) and empty_i.shape == (0,)
     with pytest.raises(ConfigError, match="reference point set is empty"):
         nearest_neighbors(a, b[:0])
+    b[7, 1] = float("nan")
+    with pytest.raises(ConfigError, match="reference points must be finite"):
+        nearest_neighbors(a, b)
 
 
 def test_icp_refines_small_misalignment() -> None:
