@@ -196,7 +196,7 @@ def test_killed_worker_is_retried_from_its_checkpoint_with_one_row(tmp_path: Pat
 
 def test_killed_driver_resumes_without_redoing_finished_trials(tmp_path: Path) -> None:
     presets = write_presets(tmp_path / "p.yaml", {"downstream": {
-        "methods": ["none", "lora", "psv"], "seeds": [0, 1, 2], "steps": 40,
+        "methods": ["none", "lora", "psv"], "seeds": [0, 1, 2], "steps": 120,
         "report_every": 10}})
     storage = tmp_path / "store"
     driver = Driver("ablation.py", storage, presets)
@@ -225,7 +225,7 @@ def test_killed_search_driver_resumes_the_optuna_study(tmp_path: Path) -> None:
     import optuna
 
     presets = write_presets(tmp_path / "p.yaml", {
-        "downstream": {"steps": 40, "report_every": 10},
+        "downstream": {"steps": 120, "report_every": 10},
         "search": {"concurrency": 2, "asha": None, "space": {
             "lora": {"lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
                      "rank": {"low": 1, "high": 4}}}}})
@@ -259,7 +259,9 @@ def test_killed_search_driver_resumes_the_optuna_study(tmp_path: Path) -> None:
 def test_killed_subspace_actor_restarts_and_no_trial_fails(tmp_path: Path) -> None:
     presets = write_presets(tmp_path / "p.yaml", {
         "factors": ["texture", "geometry"],
-        "downstream": {"methods": ["reduced"], "steps": 30, "report_every": 10},
+        # trials long enough (about 6 s each) that most start after the kill and need the
+        # restarted actor; at 30 steps the study could end before the actor was found
+        "downstream": {"methods": ["reduced"], "steps": 200, "report_every": 10},
         "ablation": {"ranks": [1, 2, 3], "subsets": [["texture"], ["geometry"]],
                      "ortho": ["none", "svd"], "extraction": ["mean"]}})
     storage = tmp_path / "store"
@@ -334,7 +336,7 @@ def test_storage_failing_mid_study_gives_a_clear_error_and_readable_tables(
     elif os.geteuid() == 0 and not _can(["chattr", "-i", str(storage)]):
         pytest.skip("this filesystem has no immutable attribute, and root ignores modes")
     presets = write_presets(tmp_path / "p.yaml", {"downstream": {
-        "methods": ["none", "lora"], "seeds": [0, 1, 2], "steps": 40, "report_every": 10}})
+        "methods": ["none", "lora"], "seeds": [0, 1, 2], "steps": 120, "report_every": 10}})
     driver = Driver("ablation.py", storage, presets)
     undo: list[Callable[[], Any]] = [driver.cleanup]
     if fault == "full-disk":
