@@ -3,11 +3,16 @@
 Mines a study's adapters once (through the sweep, not timed), warms the dataset cache,
 then runs the first ``--trials`` stage-2 jobs of the preset twice:
 
-- serial baseline: one process, torch using all ``--cpus`` threads, one
+- serial baseline: one fresh process, torch using all ``--cpus`` threads, one
   ``attrsub.methods.finetune`` call after another, reduced bases integrated locally from the
   bank (one integration per key, as the actor would);
 - sweep: ``sweeps.ablation.run_finetune`` on a local Ray cluster of ``--cpus`` CPUs, one CPU
   per trial, reduced bases served by the study's subspace actor.
+
+Both clocks include their own start-up: the serial process its imports (torch, PEFT) and
+first-call warm-up, the sweep its Tune run and its trial workers' imports. (Until
+2026-11-25 the serial run reused the bench's warmed-up process, leaving its ~4 s start-up
+off its clock while the sweep's stayed on; the start-up is printed on its own.)
 
 It prints both wall times, the speed-up (target >= 1.7x on 2 CPUs), the Ray overhead per
 trial (sweep wall x concurrency / trials minus the trials' own mean wall time, measured inside
@@ -22,26 +27,33 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _serial(preset: Any, jobs: list[dict[str, Any]], bank_path: Path, cache: Path,
-            threads: int) -> float:
+def _serial(preset_name: str, jobs: list[dict[str, Any]], bank_path: str, cache: str,
+            threads: int) -> tuple[float, float]:
+    """The baseline, run in a fresh process (``_serial_in_fresh_process``): every job, one
+    after another. Returns (seconds from entry to its first trial, seconds of all trials)."""
+    t_enter = time.perf_counter()
     import torch
 
     from attrsub.bank import load_bank
     from attrsub.methods import finetune
+    from sweeps.config import load_preset
 
     torch.set_num_threads(threads)
-    bank = load_bank(bank_path)
+    preset = load_preset(preset_name)
+    bank = load_bank(Path(bank_path))
     bases: dict[tuple[Any, ...], Any] = {}
     t0 = time.perf_counter()
     for j in jobs:
@@ -50,7 +62,7 @@ def _serial(preset: Any, jobs: list[dict[str, Any]], bank_path: Path, cache: Pat
             key = (tuple(j["factors"]), j["rank"], j["ortho"], j["extraction"])
             if key not in bases:
                 b = bank if j["extraction"] == bank.config.method else load_bank(
-                    bank_path.with_name(f"bank-{j['extraction']}.safetensors"))
+                    Path(bank_path).with_name(f"bank-{j['extraction']}.safetensors"))
                 bases[key] = b.basis_set(j["factors"], j["rank"], j["ortho"])
             basis = bases[key]
         torch.manual_seed(0)
@@ -59,9 +71,21 @@ def _serial(preset: Any, jobs: list[dict[str, Any]], bank_path: Path, cache: Pat
             basis=basis, rank=j["rank"] or preset.rank, ortho=j["ortho"] or "qr",
             steps=preset.steps, lr=j["lr"], seed=j["seed"], batch_size=preset.batch_size,
             train_scenes=preset.scenes["train"], eval_scenes=preset.scenes["eval"],
-            views=preset.views, size=preset.size, cache=cache,
+            views=preset.views, size=preset.size, cache=Path(cache),
         )
-    return time.perf_counter() - t0
+    return t0 - t_enter, time.perf_counter() - t0
+
+
+def _serial_in_fresh_process(*args: Any) -> tuple[float, float]:
+    """Run ``_serial`` in a new process, as a user's serial script would run: it pays its
+    own imports (torch, PEFT) and first-call warm-up, as the sweep's trial workers do.
+    Returns (wall from launch to result, the start-up part of it before the first trial)."""
+    t0 = time.perf_counter()
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        startup, _ = pool.submit(_serial, *args).result()
+        wall = time.perf_counter() - t0
+    return wall, startup
 
 
 def _warm(preset: Any, jobs: list[dict[str, Any]], cache: Path) -> None:
@@ -114,13 +138,15 @@ def main() -> None:
         ray.get(handle.bank_path.remote(ext))
     _warm(preset, jobs, paths.cache)
 
-    serial, sweep, overhead, trial_wall = [], [], [], []
+    bank = paths.local / "banks" / f"bank-{preset.extraction.method}.safetensors"
+    serial, startup, sweep, overhead, trial_wall = [], [], [], [], []
     stats: dict[str, Any] = {"requests": 0, "hits": 0}
     served: list[tuple[int, int]] = []  # (requests, hits) of each repeat's sweep
     for rep in range(args.repeats):
-        serial.append(_serial(preset, jobs, paths.local / "banks" /
-                              f"bank-{preset.extraction.method}.safetensors", paths.cache,
-                              args.cpus))
+        wall, start = _serial_in_fresh_process(args.preset, jobs, str(bank), str(paths.cache),
+                                               args.cpus)
+        serial.append(wall)
+        startup.append(start)
         t0 = time.perf_counter()
         rows = run_finetune(preset, "bench", paths, version, jobs)
         sweep.append(time.perf_counter() - t0)
@@ -137,15 +163,16 @@ def main() -> None:
     s, w = statistics.median(serial), statistics.median(sweep)
     print(f"\n{len(jobs)} stage-2 trials of preset {args.preset!r} ({preset.steps} steps, "
           f"{preset.size} px, {preset.model}), {args.cpus} CPUs, median of {args.repeats}:")
-    print(f"  serial, one process, {args.cpus} torch threads : {s:8.1f} s  (baseline)")
+    print(f"  serial, one process, {args.cpus} torch threads : {s:8.1f} s  (baseline; "
+          f"{statistics.median(startup):.1f} s of it imports before the first trial)")
     print(f"  Ray Tune sweep, 1 CPU per trial      : {w:8.1f} s")
     # each repeat's serial and sweep ran back to back: the ratio of a pair is the fair one
     ratio = statistics.median(a / b for a, b in zip(serial, sweep, strict=True))
     print(f"  speed-up serial / sweep, per repeat  : {ratio:8.2f} x  (target >= 1.7)")
     print(f"  Ray overhead per trial               : {statistics.median(overhead):8.2f} s")
     own = statistics.median(trial_wall)
-    print(f"  mean trial: serial {s / len(jobs):.2f} s on {args.cpus} threads, in the sweep "
-          f"{own:.2f} s on 1 thread beside the others;\n"
+    print(f"  mean trial: serial {s / len(jobs):.2f} s on {args.cpus} threads (start-up "
+          f"included), in the sweep {own:.2f} s on 1 thread beside the others;\n"
           f"    so with no Ray overhead at all the speed-up would be "
           f"{args.cpus * s / len(jobs) / own:.2f} x")
     (req, hits), later = served[0], served[1:]

@@ -169,13 +169,27 @@ def finetune_trial(config: dict[str, Any]) -> None:
     tune.report(out)
 
 
+# A trial's wall time relative to a trained one's (quick preset: full 5.9 s, the low-rank
+# methods 4.3-5.0 s, zero-shot 1 s); only the order matters.
+_EXPECTED_COST = {"full": 1.3, "none": 0.2}
+
+
+def longest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``jobs`` in the order Tune should start them: full fine-tuning first, zero-shot
+    evaluations last, the rest as given. The run then ends on short trials, so no worker
+    idles long while another finishes (bench/sweep.py: 0.27 -> 0.23 s overhead per trial)."""
+    return sorted(jobs, key=lambda j: -_EXPECTED_COST.get(j["method"], 1.0))
+
+
 def run_finetune(
     preset: Preset, study: str, paths: StudyPaths, version: str, jobs: list[dict[str, Any]],
     weights: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run stage 2's ``jobs``; returns one trials-table row per job (failed ones included)."""
+    """Run stage 2's ``jobs`` (longest first); returns one trials-table row per job (failed
+    ones included)."""
     if not jobs:
         return []
+    jobs = longest_first(jobs)
     params = {"model": preset.model, "weights": weights, "random_init": preset.random_init,
               "steps": preset.steps, "report_every": preset.report_every,
               "rank": preset.rank, "batch_size": preset.batch_size,

@@ -678,11 +678,14 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
         # Tune lets a custom searcher keep one trial pending unless max_concurrent_trials is
         # set (ray 2.60 _get_max_pending_trials), and a fresh trial actor (torch, PEFT
         # imports) takes longer to start than a quick trial to run, so the pending trial
-        # always went to the one reused actor: the search ran one trial at a time. As many
-        # in flight as there are studies (asked in turn) keeps every CPU busy without asking
-        # a study for several rates before it has seen any result.
+        # always went to the one reused actor: the search ran one trial at a time. A grid's
+        # rates do not depend on results, so all may be in flight (a resumed search with one
+        # study left still fills every CPU); a model-based sampler gets one trial in flight
+        # per study (asked in turn), never several rates before it has seen any result.
+        grid = cfg.sampler == "grid"
+        concurrency = sum(s.budget for s in streams) if grid else len(streams)
         run_streams(preset, streams, name, paths, version, weights,
-                    experiment=f"{name}-lr", desc="lr search", concurrency=len(streams))
+                    experiment=f"{name}-lr", desc="lr search", concurrency=concurrency)
     return {key: (s.best_params["lr"] if _has_complete(s) else preset.lr[key[1]])
             for key, s in studies.items()}
 

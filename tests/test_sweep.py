@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from results.schema import OVERLAPS_SCHEMA, SPECTRA_SCHEMA, TRIAL_COLUMNS
 from sweeps.ablation import finetune_jobs
@@ -128,3 +129,25 @@ def test_ray_job_submit(tmp_path) -> None:
     finally:
         subprocess.run(["ray", "stop", "--force"], env=ENV, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_lr_search_of_one_study_runs_its_rates_side_by_side(tmp_path) -> None:
+    """A grid's rates do not wait for results: with a single (task, method) to tune, as when
+    a resumed study has one search left, its trials still run on both CPUs."""
+    smoke = yaml.safe_load((REPO / "sweeps" / "presets.yaml").read_text())["smoke"]
+    smoke.update(factors=["texture"], groups=1)
+    smoke["ablation"]["subsets"] = [["texture"]]
+    smoke["search"]["space"] = {"lora": smoke["search"]["space"]["lora"]}
+    smoke["downstream"].update(tasks=["print_attack"], methods=["none", "lora"],
+                               lr_search={"trials": 4, "span": 10})
+    presets = tmp_path / "presets.yaml"
+    presets.write_text(yaml.safe_dump({"one": smoke}))
+    storage = tmp_path / "store"
+    run = _study(storage, "--presets", str(presets), "--preset", "one")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    trials = pd.read_parquet(storage / "one" / "trials.parquet")
+    lr_rows = trials[trials.axis == "lr"]
+    assert len(lr_rows) == 4 and (lr_rows.status == "ok").all()
+    assert lr_rows.lr.nunique() == 4  # the grid's four rates, each once
+    (folder,) = storage.glob("one-lr-*")
+    assert len(_worker_pids(folder)) >= 2

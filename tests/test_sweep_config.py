@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from attrsub.errors import ConfigError
-from sweeps.ablation import finetune_jobs, main
+from sweeps.ablation import finetune_jobs, longest_first, main
 from sweeps.config import PRESETS, from_dict, load_preset
 
 
@@ -92,6 +92,18 @@ def test_jobs_have_unique_ids_and_cover_axes() -> None:
     assert len(ids) == len(set(ids))
     assert {j["axis"] for j in jobs} == {"main", "ranks", "subsets", "ortho", "extraction"}
     assert all(j["method"] == "reduced" for j in jobs if j["axis"] != "main")
+
+
+def test_stage_two_starts_longest_trials_first() -> None:
+    jobs = finetune_jobs(load_preset("quick"))
+    order = longest_first(jobs)
+    assert sorted(j["trial_id"] for j in order) == sorted(j["trial_id"] for j in jobs)
+    methods = [j["method"] for j in order]
+    n_full, n_none = methods.count("full"), methods.count("none")
+    assert n_full and n_none
+    assert set(methods[:n_full]) == {"full"} and set(methods[-n_none:]) == {"none"}
+    rest = [j["trial_id"] for j in jobs if j["method"] not in ("full", "none")]
+    assert [j["trial_id"] for j in order[n_full:-n_none]] == rest  # otherwise as given
 
 
 def test_driver_rejects_bad_input_before_ray(tmp_path, capsys) -> None:
