@@ -214,10 +214,12 @@ def test_killed_driver_resumes_without_redoing_finished_trials(tmp_path: Path) -
     after = trials(storage)
     ft = after[after.stage == "finetune"]
     assert len(ft) == 9 and (ft.status == "ok").all(), not_ok(ft)
-    # trials finished before the kill were not run again: their rows are untouched
+    # trials finished before the kill were not run again: their rows are untouched (values;
+    # pandas reads an integer column as float once the table holds a null in it, as the
+    # zero-shot rows' rank, which run last)
     kept = after.set_index("trial_id").loc[done.trial_id, done.columns.drop("trial_id")]
-    pd.testing.assert_frame_equal(
-        kept.sort_index(), done.set_index("trial_id").sort_index(), check_like=True)
+    pd.testing.assert_frame_equal(kept.sort_index(), done.set_index("trial_id").sort_index(),
+                                  check_like=True, check_dtype=False)
     assert "mining" not in again.log  # the bank exists, so stage 1 is skipped
 
 
