@@ -40,10 +40,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _serial(preset_name: str, jobs: list[dict[str, Any]], bank_path: str, cache: str,
+def _serial(preset_name: str, jobs: list[dict[str, Any]], banks: dict[str, str], cache: str,
             threads: int) -> tuple[float, float]:
     """The baseline, run in a fresh process (``_serial_in_fresh_process``): every job, one
-    after another. Returns (seconds from entry to its first trial, seconds of all trials)."""
+    after another, each extraction's bank file (``banks``) read when a job first needs it.
+    Returns (seconds from entry to its first trial, seconds of all trials). Its arguments
+    are plain strings so that unpickling them imports nothing: the imports fall on its clock."""
     t_enter = time.perf_counter()
     import torch
 
@@ -53,7 +55,7 @@ def _serial(preset_name: str, jobs: list[dict[str, Any]], bank_path: str, cache:
 
     torch.set_num_threads(threads)
     preset = load_preset(preset_name)
-    bank = load_bank(Path(bank_path))
+    loaded: dict[str, Any] = {}
     bases: dict[tuple[Any, ...], Any] = {}
     t0 = time.perf_counter()
     for j in jobs:
@@ -61,9 +63,10 @@ def _serial(preset_name: str, jobs: list[dict[str, Any]], bank_path: str, cache:
         if j["method"] == "reduced":
             key = (tuple(j["factors"]), j["rank"], j["ortho"], j["extraction"])
             if key not in bases:
-                b = bank if j["extraction"] == bank.config.method else load_bank(
-                    Path(bank_path).with_name(f"bank-{j['extraction']}.safetensors"))
-                bases[key] = b.basis_set(j["factors"], j["rank"], j["ortho"])
+                ext = j["extraction"]
+                if ext not in loaded:
+                    loaded[ext] = load_bank(Path(banks[ext]))
+                bases[key] = loaded[ext].basis_set(j["factors"], j["rank"], j["ortho"])
             basis = bases[key]
         torch.manual_seed(0)
         finetune(
@@ -134,16 +137,14 @@ def main() -> None:
     mined = run_mining(preset, "bench", paths, version)
     print(f"mined {len(mined)} adapters in {time.perf_counter() - t0:.1f} s (not timed below)")
     extractions = sorted({j["extraction"] for j in jobs if j["extraction"]})
-    for ext in extractions:
-        ray.get(handle.bank_path.remote(ext))
+    banks = {ext: ray.get(handle.bank_path.remote(ext)) for ext in extractions}
     _warm(preset, jobs, paths.cache)
 
-    bank = paths.local / "banks" / f"bank-{preset.extraction.method}.safetensors"
     serial, startup, sweep, overhead, trial_wall = [], [], [], [], []
     stats: dict[str, Any] = {"requests": 0, "hits": 0}
     served: list[tuple[int, int]] = []  # (requests, hits) of each repeat's sweep
     for rep in range(args.repeats):
-        wall, start = _serial_in_fresh_process(args.preset, jobs, str(bank), str(paths.cache),
+        wall, start = _serial_in_fresh_process(args.preset, jobs, banks, str(paths.cache),
                                                args.cpus)
         serial.append(wall)
         startup.append(start)
