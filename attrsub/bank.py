@@ -62,6 +62,9 @@ class Bank:
     config: ExtractConfig
     subspaces: dict[str, dict[str, LayerSubspace]]
     sources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # attrsub.evidence rows over all layers (claim 1 beside its nulls), when the adapters were
+    # at hand; the per-layer rows go to a study's evidence.parquet.
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def factors(self) -> list[str]:
@@ -158,6 +161,7 @@ def save_bank(bank: Bank, path: str | os.PathLike[str]) -> Path:
         "extract": dataclasses.asdict(bank.config),
         "factors": list(bank.subspaces),
         "sources": bank.sources,
+        "evidence": bank.evidence,
         "layers": {
             f: {layer: _layer_meta(s) for layer, s in layers.items()}
             for f, layers in bank.subspaces.items()
@@ -211,12 +215,15 @@ def load_bank(path: str | os.PathLike[str], base: Any = None) -> Bank:
         config=ExtractConfig(**record["extract"]),
         subspaces=subspaces,
         sources=record.get("sources", {}),
+        evidence=record.get("evidence", []),
     )
 
 
 def summary(bank: Bank, seed: int = 0) -> dict[str, Any]:
-    """What ``attrsub bank info`` prints: sizes, ranks, spectral cliffs, pairwise angles."""
+    """What ``attrsub bank info`` prints: sizes, ranks, spectral cliffs, claim 1's evidence
+    (when the bank carries it) and claim 2's pairwise angles and distances beside random."""
     from attrsub.disentangle import pairwise
+    from attrsub.evidence import claim_summary
     from attrsub.subspace import select_rank
 
     cliff = ExtractConfig(rank="cliff-gap")
@@ -232,21 +239,18 @@ def summary(bank: Bank, seed: int = 0) -> dict[str, Any]:
             "cliff_per_layer": dict(zip(layers, cliffs, strict=True)),
         }
     pairs: dict[str, dict[str, list[float]]] = {}
+    names = ("col_angle_min", "col_angle_mean", "scale_inv_distance")
     for row in pairwise(bank.subspaces, seed=seed, draws=1):
         key = f"{row['attr_a']}-{row['attr_b']}"
-        acc = pairs.setdefault(key, {"angle": [], "distance": []})
-        acc["angle"].append(float(row["col_angle_mean"]))
-        acc["distance"].append(float(row["scale_inv_distance"]))
+        acc = pairs.setdefault(key, {})
+        for name in names:
+            acc.setdefault(name, []).append(float(row[name]))
+            acc.setdefault(f"rand_{name}", []).append(float(row[f"rand_{name}"]))
     return {
         "base": {"name": bank.base_name, "weights_hash": bank.weights_hash},
         "extract": dataclasses.asdict(bank.config),
         "factors": per_factor,
         "layers": len(bank.layers),
-        "pairs": {
-            k: {
-                "col_angle_mean_deg": sum(v["angle"]) / len(v["angle"]),
-                "scale_inv_distance_mean": sum(v["distance"]) / len(v["distance"]),
-            }
-            for k, v in pairs.items()
-        },
+        "claim1": claim_summary(bank.evidence) if bank.evidence else None,
+        "pairs": {k: {n: sum(v) / len(v) for n, v in acc.items()} for k, acc in pairs.items()},
     }

@@ -51,9 +51,16 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from attrsub.data import find_datasets
-    from attrsub.sheet import contact_sheet
+    from attrsub.sheet import contact_sheet, family_sheet
 
-    out = contact_sheet(find_datasets(args.data), args.out, scenes=args.scenes, views=args.views)
+    if (args.data is None) == (not args.families):
+        raise ConfigError("show needs a dataset folder or --families (one of them)")
+    if args.families:
+        out = family_sheet(args.out, scenes=args.scenes, views=args.views, size=args.size,
+                           seed=args.seed, cache=args.cache)
+    else:
+        out = contact_sheet(find_datasets(args.data), args.out, scenes=args.scenes,
+                            views=args.views)
     print(out)
     return 0
 
@@ -129,6 +136,7 @@ def cmd_mine_adapter(args: argparse.Namespace) -> int:
         lr=args.lr,
         rank=args.rank,
         alpha=args.alpha,
+        init_scale=args.init_scale,
         batch_size=args.batch_size,
         heads=args.heads,
         cache=args.cache,
@@ -154,7 +162,7 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
     )
     if args.out.is_dir():
         raise ConfigError(f"--out {str(args.out)!r} is a folder; give a file name")
-    bank = build_bank(find_adapters(args.adapters), cfg)
+    bank = build_bank(find_adapters(args.adapters), cfg, permutations=args.permutations)
     print(save_bank(bank, args.out))
     return 0
 
@@ -176,10 +184,32 @@ def cmd_bank_info(args: argparse.Namespace) -> int:
             f"spectral cliff (largest log-gap) at {min(cliffs)}..{max(cliffs)}, "
             f"median {sorted(cliffs)[len(cliffs) // 2]}"
         )
+    claim = info["claim1"]
+    if claim is None:
+        print("  claim 1 (attribute subspaces exist): no evidence stored (bank built without "
+              "its adapters' evidence)")
+    else:
+        print(f"  claim 1 (attribute subspaces exist): {claim['verdict']}")
+        for side in ("col", "row"):
+            c = claim[side]
+            line = f"    {side} space: "
+            if c["overlap_within"] is not None:
+                line += (f"adapter overlap within {c['overlap_within']:.3f} vs cross "
+                         f"{c['overlap_cross']:.3f} (random {c['overlap_random']:.3f}, "
+                         f"permutation p {c['p_value']:.4f}); ")
+            if c["heldout_own"] is not None:
+                line += (f"held-out energy own {c['heldout_own']:.3f} vs other attributes "
+                         f"{c['heldout_other']:.3f} (random {c['heldout_random']:.3f})")
+            if c["init_overlap"] is not None:
+                line += f"; overlap with its own init {c['init_overlap']:.3f}"
+            print(line)
+    print("  claim 2 (disentangled): per attribute pair, mean over layers, random in brackets")
     for pair, d in info["pairs"].items():
         print(
-            f"  {pair:>21s}: mean principal angle {d['col_angle_mean_deg']:.1f} deg, "
-            f"scale-invariant distance {d['scale_inv_distance_mean']:.3f}"
+            f"  {pair:>21s}: smallest principal angle {d['col_angle_min']:.1f} deg "
+            f"({d['rand_col_angle_min']:.1f}), mean {d['col_angle_mean']:.1f} deg "
+            f"({d['rand_col_angle_mean']:.1f}), scale-invariant distance "
+            f"{d['scale_inv_distance']:.3f} ({d['rand_scale_inv_distance']:.3f})"
         )
     return 0
 
@@ -216,14 +246,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from attrsub.data import ALL, FACTORS
+    from attrsub.data import CANONICAL, FACTORS
     from attrsub.model import CONFIGS
 
     parser = argparse.ArgumentParser(prog="attrsub", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("render", help="render a factor dataset into the cache")
-    p.add_argument("--factor", required=True, help=f"one of {', '.join((*FACTORS, ALL))}")
+    p.add_argument("--factor", required=True, help=f"one of {', '.join((*FACTORS, CANONICAL))}")
     p.add_argument("--group", type=int, default=0, help="group seed of the narrow base draw")
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--views", type=int, default=4)
@@ -233,11 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("show", help="contact sheet (PNG) of rendered datasets")
-    p.add_argument("data", type=Path, help="a dataset folder or a folder of datasets")
+    p = sub.add_parser("show", help="contact sheet (PNG) of rendered datasets, or of the "
+                       "canonical world and every family's extremes (--families)")
+    p.add_argument("data", type=Path, nargs="?", default=None,
+                   help="a dataset folder or a folder of datasets")
+    p.add_argument("--families", action="store_true",
+                   help="render the canonical world and each factor family onto one sheet")
     p.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    p.add_argument("--scenes", type=int, default=4)
-    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--scenes", type=int, default=3)
+    p.add_argument("--views", type=int, default=3)
+    p.add_argument("--size", type=int, default=112, help="--families: image size")
+    p.add_argument("--seed", type=int, default=0, help="--families: dataset seed")
+    p.add_argument("--cache", type=Path, default=None, help="--families: dataset cache")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("pretrain", help="pretrain a base model on the broad distribution")
@@ -294,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=None, help="default: 2 x rank")
+    p.add_argument("--init-scale", type=float, default=1.0,
+                   help="lora_A init = PEFT's default draw times this (keyed per adapter)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--heads", action="store_true", help="also adapt the heads' linears")
     p.add_argument("--cache", type=Path, default=None)
@@ -311,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--rank", default="16", help="an int, cliff-gap or cliff-energy")
     q.add_argument("--alpha", type=float, default=1.0)
     q.add_argument("--iters", type=int, default=20)
+    q.add_argument("--permutations", type=int, default=2000,
+                   help="label shuffles of the evidence's permutation test (0: no evidence)")
     q.set_defaults(func=cmd_bank_build)
     q = bank_sub.add_parser("info", help="summary of a bank")
     q.add_argument("file", type=Path)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
-from attrsub.factors import ALL, FACTORS, FactorSpec, sample_scenes
+from attrsub.factors import CANONICAL, FACTORS, FactorSpec, sample_scenes
 from attrsub.fsio import ensure_writable_dir, publish_dir, write_json
 from attrsub.render import OUTPUT_KEYS, RENDER_VERSION, render
 from attrsub.scene import SceneSpec
@@ -52,10 +52,11 @@ def default_cache_root() -> Path:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One factor dataset: which attribute varies, which group, how many scenes and views.
+    """One factor dataset: which attribute goes to its extremes, which group, how many
+    scenes and views.
 
-    ``group`` selects the base draw of the attributes that are held narrow, so several
-    groups of one factor give several datasets (one adapter each) of the same family.
+    ``group`` keys the draws, so several groups of one factor give several independent
+    datasets (one adapter each) of the same family.
     """
 
     factor: str
@@ -66,7 +67,7 @@ class DatasetSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        valid = (*FACTORS, ALL)
+        valid = (*FACTORS, CANONICAL)
         if self.factor not in valid:
             raise ConfigError(f"unknown factor {self.factor!r}; valid: {', '.join(valid)}")
         for name in ("scenes", "views"):

@@ -1,16 +1,22 @@
-"""Factor families: scene distributions that vary exactly one attribute.
+"""Factor families: the base model's world, and one family per attribute that leaves it.
 
-The paper pushes the target attribute to its extremes while every other attribute stays in a
-very small range. Here each attribute (texture, geometry, camera, lighting) is drawn from its
-BROAD ranges per scene when it is the target, and otherwise from its NARROW ranges once per
-(factor, group, seed) and then held fixed across the group's scenes, so the non-target
-attributes are identical inside a dataset (depth is pixel-identical across a texture group,
-albedo across a lighting group, and so on). Different groups draw different bases, so several
-adapters per attribute train on different datasets. ``all`` draws everything broad per scene
-(the pretraining distribution).
+The base model has a world: ``CANONICAL``, the distribution it was pretrained on, in which
+every attribute (texture, geometry, camera, lighting) stays in a moderate range. A factor
+family pushes exactly one attribute to ``EXTREMES`` outside that world (the tails on both
+sides where an attribute has two, new pattern kinds, trajectories and light types), while
+the other three are drawn per scene from the canonical range. Then the one thing an
+adapter trained on a family can learn, beyond the scenes it happens to see, is its
+attribute's extremes; what it does not learn is a fixed value of the other attributes,
+because they are not fixed. ``canonical`` draws every attribute canonically: the
+pretraining distribution (``attrsub pretrain``).
 
-Every draw uses its own numpy stream keyed by (seed, factor, group, scene-or-base,
-attribute), so one attribute's draw never shifts another's.
+Groups: several datasets (one adapter each) of one family differ only in their draws, so
+adapters of one attribute are independent samples of the same family.
+
+A range is one interval ``(lo, hi)`` or several (``((lo, hi), (lo2, hi2))``, the two tails
+of an extreme); a draw picks one interval uniformly, then a value uniformly inside it.
+Every draw uses its own numpy stream keyed by (seed, factor, group, scene, attribute), so
+one attribute's draw never shifts another's.
 """
 
 from __future__ import annotations
@@ -23,8 +29,6 @@ import numpy as np
 
 from attrsub.errors import ConfigError
 from attrsub.scene import (
-    TEXTURE_KINDS,
-    TRAJECTORIES,
     Box,
     Camera,
     Cylinder,
@@ -40,10 +44,11 @@ from attrsub.scene import (
 )
 
 FACTORS = ("texture", "geometry", "camera", "lighting")
-ALL = "all"
-# Material slots drawn per texture draw: the ground plus the most primitives BROAD can place.
+CANONICAL = "canonical"
+# Material slots drawn per texture draw: the ground plus the most primitives EXTREMES place.
 MATERIAL_SLOTS = 32
-Range = tuple[float, float]
+Interval = tuple[float, float]
+Range = Interval | tuple[Interval, ...]
 IntRange = tuple[int, int]
 
 
@@ -115,106 +120,110 @@ class Ranges:
     lighting: LightingRanges
 
 
-# The target attribute's range: pushed towards its extremes.
-BROAD = Ranges(
+# The base model's world: what `attrsub pretrain` draws every attribute from, and what the
+# factor families draw their non-target attributes from.
+CANONICAL_RANGES = Ranges(
     texture=TextureRanges(
-        kinds=TEXTURE_KINDS,
-        frequency=(0.3, 12.0),
+        kinds=("checker", "noise", "patchwork"),
+        frequency=(1.0, 4.0),
         colours=(2, 4),
-        saturation=(0.0, 1.0),
-        value=(0.03, 1.0),
-        specular=(0.0, 0.8),
-        shininess=(4.0, 256.0),
+        saturation=(0.1, 0.6),
+        value=(0.3, 0.9),
+        specular=(0.0, 0.2),
+        shininess=(8.0, 64.0),
     ),
     geometry=GeometryRanges(
-        boxes=(0, 5),
-        subs_per_box=(0, 3),
-        spheres=(0, 4),
-        cylinders=(0, 3),
+        boxes=(1, 3),
+        subs_per_box=(0, 2),
+        spheres=(0, 2),
+        cylinders=(0, 2),
         heightfields=(0, 1),
-        box_half=(0.08, 1.0),
-        sphere_radius=(0.08, 0.9),
-        cylinder_radius=(0.08, 0.6),
-        cylinder_half_height=(0.1, 1.2),
-        spread=(0.3, 3.0),
-        bump_amplitude=(0.05, 1.2),
-        bump_sigma=(0.25, 0.9),
-        bumps=(1, 4),
-        ripple=(0.0, 0.15),
+        box_half=(0.25, 0.6),
+        sphere_radius=(0.25, 0.55),
+        cylinder_radius=(0.15, 0.35),
+        cylinder_half_height=(0.3, 0.8),
+        spread=(1.0, 2.0),
+        bump_amplitude=(0.2, 0.6),
+        bump_sigma=(0.3, 0.6),
+        bumps=(1, 3),
+        ripple=(0.0, 0.05),
     ),
     camera=CameraRanges(
-        trajectories=TRAJECTORIES,
-        fov_deg=(25.0, 95.0),
-        distance=(3.5, 12.0),
-        elevation_deg=(8.0, 75.0),
-        span_deg=(20.0, 180.0),
+        trajectories=("spline", "orbit"),
+        fov_deg=(45.0, 65.0),
+        distance=(5.0, 8.0),
+        elevation_deg=(20.0, 45.0),
+        span_deg=(30.0, 90.0),
         micro_span_deg=(1.0, 5.0),
-        lookat_jitter=(0.0, 1.0),
-        dolly_frac=(0.1, 0.6),
+        lookat_jitter=(0.0, 0.15),
+        dolly_frac=(0.2, 0.4),
     ),
     lighting=LightingRanges(
-        ambient=(0.0, 0.6),
-        lights=(1, 3),
-        saturation=(0.0, 0.9),
-        intensity=(0.2, 2.5),
-        elevation_deg=(8.0, 88.0),
-        point_prob=0.3,
-        exposure=(0.6, 1.5),
+        ambient=(0.2, 0.45),
+        lights=(1, 1),
+        saturation=(0.0, 0.25),
+        intensity=(0.9, 1.6),
+        elevation_deg=(30.0, 75.0),
+        point_prob=0.0,
+        exposure=(0.85, 1.15),
     ),
 )
 
-# Every other attribute's range: small, drawn once per group and then held fixed.
-NARROW = Ranges(
+# Each attribute's extremes, outside CANONICAL_RANGES: both tails of a numeric range where
+# it has two, pattern kinds, trajectories and light types the base never saw. Fields equal
+# to the canonical ones (texture colours, camera micro span and dolly fraction, which only
+# the unseen trajectories use) are not an extreme of their own.
+EXTREMES = Ranges(
     texture=TextureRanges(
-        kinds=("checker", "noise", "patchwork"),
-        frequency=(1.5, 3.0),
-        colours=(3, 4),
-        saturation=(0.3, 0.6),
-        value=(0.4, 0.85),
-        specular=(0.05, 0.15),
-        shininess=(16.0, 48.0),
+        kinds=("solid", "stripes"),
+        frequency=((0.12, 0.4), (9.0, 24.0)),
+        colours=(2, 4),
+        saturation=(0.85, 1.0),
+        value=((0.03, 0.15), (0.95, 1.0)),
+        specular=(0.5, 0.95),
+        shininess=(150.0, 500.0),
     ),
     geometry=GeometryRanges(
-        boxes=(2, 3),
-        subs_per_box=(0, 1),
-        spheres=(1, 2),
-        cylinders=(1, 1),
-        heightfields=(1, 1),
-        box_half=(0.3, 0.5),
-        sphere_radius=(0.3, 0.45),
-        cylinder_radius=(0.2, 0.3),
-        cylinder_half_height=(0.4, 0.6),
-        spread=(1.5, 2.0),
-        bump_amplitude=(0.3, 0.5),
-        bump_sigma=(0.35, 0.5),
-        bumps=(2, 3),
-        ripple=(0.0, 0.03),
+        boxes=(3, 5),
+        subs_per_box=(2, 3),
+        spheres=(2, 4),
+        cylinders=(2, 3),
+        heightfields=(0, 1),
+        box_half=((0.06, 0.15), (0.9, 1.4)),
+        sphere_radius=((0.06, 0.15), (0.8, 1.2)),
+        cylinder_radius=((0.04, 0.1), (0.5, 0.8)),
+        cylinder_half_height=((0.05, 0.15), (1.1, 1.8)),
+        spread=((0.2, 0.6), (2.6, 3.6)),
+        bump_amplitude=(0.9, 1.6),
+        bump_sigma=(0.12, 0.25),
+        bumps=(4, 4),
+        ripple=(0.1, 0.25),
     ),
     camera=CameraRanges(
-        trajectories=("spline",),
-        fov_deg=(50.0, 60.0),
-        distance=(5.5, 6.5),
-        elevation_deg=(25.0, 35.0),
-        span_deg=(40.0, 60.0),
-        micro_span_deg=(3.0, 5.0),
-        lookat_jitter=(0.0, 0.05),
-        dolly_frac=(0.2, 0.3),
+        trajectories=("spline", "orbit", "dolly", "micro"),
+        fov_deg=((20.0, 32.0), (78.0, 100.0)),
+        distance=((3.0, 4.0), (10.5, 15.0)),
+        elevation_deg=((3.0, 10.0), (58.0, 80.0)),
+        span_deg=(140.0, 240.0),
+        micro_span_deg=(1.0, 5.0),
+        lookat_jitter=(0.5, 1.2),
+        dolly_frac=(0.2, 0.4),
     ),
     lighting=LightingRanges(
-        ambient=(0.25, 0.35),
-        lights=(1, 1),
-        saturation=(0.0, 0.1),
-        intensity=(1.2, 1.6),
-        elevation_deg=(45.0, 60.0),
-        point_prob=0.0,
-        exposure=(0.9, 1.1),
+        ambient=(0.0, 0.06),
+        lights=(2, 3),
+        saturation=(0.6, 1.0),
+        intensity=((0.25, 0.6), (2.2, 3.5)),
+        elevation_deg=(4.0, 15.0),
+        point_prob=0.5,
+        exposure=((0.45, 0.65), (1.5, 2.2)),
     ),
 )
 
 
 @dataclass(frozen=True)
 class FactorSpec:
-    """Which attribute varies (or ``all``), which group's base, how many scenes and views."""
+    """Which attribute goes to its extremes (or ``canonical``), which group, scenes, views."""
 
     factor: str
     group: int = 0
@@ -223,7 +232,7 @@ class FactorSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        valid = (*FACTORS, ALL)
+        valid = (*FACTORS, CANONICAL)
         if self.factor not in valid:
             raise ConfigError(f"unknown factor {self.factor!r}; valid factors are {valid}")
         for name, lo in (("group", 0), ("scenes", 1), ("views", 1), ("seed", 0)):
@@ -234,18 +243,28 @@ class FactorSpec:
             raise ConfigError(f"views must be at most 1024, got {self.views}")
 
 
+def ranges_for(factor: str, attribute: str) -> object:
+    """The ranges ``attribute`` is drawn from in ``factor``'s family."""
+    return getattr(EXTREMES if factor == attribute else CANONICAL_RANGES, attribute)
+
+
 def sample_scenes(spec: FactorSpec) -> list[SceneSpec]:
-    """The factor dataset's scene specs, deterministic from ``spec``."""
+    """The factor dataset's scene specs, deterministic from ``spec``.
+
+    Every attribute is drawn per scene: the target from its extremes, the rest canonically.
+    """
     if not isinstance(spec, FactorSpec):
         raise ConfigError(f"sample_scenes needs a FactorSpec, got {type(spec).__name__}")
-    fid = (*FACTORS, ALL).index(spec.factor)
+    fid = (*FACTORS, CANONICAL).index(spec.factor)
     scenes = []
     for i in range(spec.scenes):
-        parts = {}
-        for aid, attr in enumerate(FACTORS):
-            broad = spec.factor in (attr, ALL)
-            rng = np.random.default_rng([spec.seed, fid, spec.group, i + 1 if broad else 0, aid])
-            parts[attr] = (rng, getattr(BROAD if broad else NARROW, attr))
+        parts = {
+            attr: (
+                np.random.default_rng([spec.seed, fid, spec.group, i + 1, aid]),
+                ranges_for(spec.factor, attr),
+            )
+            for aid, attr in enumerate(FACTORS)
+        }
         materials = _materials(*parts["texture"])
         ground, boxes, spheres, cylinders, fields = _geometry(*parts["geometry"], materials)
         scenes.append(
@@ -262,8 +281,24 @@ def sample_scenes(spec: FactorSpec) -> list[SceneSpec]:
     return scenes
 
 
+def intervals(r: Range) -> tuple[Interval, ...]:
+    """The intervals of a range: one, or the tails of an extreme."""
+    return tuple(r) if isinstance(r[0], tuple) else (r,)  # type: ignore[return-value]
+
+
+def _interval(rng: np.random.Generator, r: Range) -> Interval:
+    parts = intervals(r)
+    return parts[int(rng.integers(len(parts)))] if len(parts) > 1 else parts[0]
+
+
 def _u(rng: np.random.Generator, r: Range) -> float:
-    return float(rng.uniform(r[0], r[1]))
+    lo, hi = _interval(rng, r)
+    return float(rng.uniform(lo, hi))
+
+
+def _log_u(rng: np.random.Generator, r: Range) -> float:
+    lo, hi = _interval(rng, r)
+    return math.exp(float(rng.uniform(math.log(lo), math.log(hi))))
 
 
 def _i(rng: np.random.Generator, r: IntRange) -> int:
@@ -282,7 +317,7 @@ def _materials(rng: np.random.Generator, t: TextureRanges) -> tuple[Material, ..
         )
         tex = Texture(
             kind=str(rng.choice(t.kinds)),
-            frequency=math.exp(_u(rng, (math.log(t.frequency[0]), math.log(t.frequency[1])))),
+            frequency=_log_u(rng, t.frequency),
             palette=palette,  # type: ignore[arg-type]
             seed=int(rng.integers(0, 2**24)),
         )

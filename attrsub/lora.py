@@ -13,16 +13,20 @@ PEFT is imported only where an adapter is made or loaded: it imports transformer
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import statistics
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors import safe_open
-from torch import nn
+from torch import Tensor, nn
 
 from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
@@ -105,21 +109,92 @@ def target_modules(model: nn.Module, spec: LoraSpec) -> list[str]:
     return names
 
 
-def apply_lora(model: nn.Module, spec: LoraSpec, init: str = "default") -> PeftModel:
-    """Wrap ``model`` with LoRA (base frozen by PEFT); ``init="pissa"`` uses PiSSA's SVD init."""
+def apply_lora(
+    model: nn.Module,
+    spec: LoraSpec,
+    init: str = "default",
+    *,
+    init_key: str | None = None,
+    init_scale: float = 1.0,
+    targets: list[str] | None = None,
+) -> PeftModel:
+    """Wrap ``model`` with LoRA (base frozen by PEFT); ``init="pissa"`` uses PiSSA's SVD init.
+
+    With ``init_key`` every ``lora_A`` is redrawn by ``keyed_lora_a`` (PEFT's default
+    distribution times ``init_scale``, from a generator keyed by ``init_key`` and the layer),
+    so adapters with different keys start from independent A whatever torch's global seed
+    is. ``targets`` overrides the module names ``target_modules`` would pick.
+    """
     if init not in INITS:
         raise ConfigError(f"unknown LoRA init {init!r}; valid: {INITS}")
+    if init_key is not None and init != "default":
+        raise ConfigError(f"a keyed init redraws the default init, not {init!r}")
+    if not (init_scale > 0 and math.isfinite(init_scale)):
+        raise ConfigError(f"LoRA init scale must be a positive number, got {init_scale!r}")
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=target_modules(model, spec),
+        target_modules=targets if targets is not None else target_modules(model, spec),
         init_lora_weights=True if init == "default" else "pissa",
         bias="none",
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if init_key is not None:
+        with torch.no_grad():
+            for name, a in lora_a_weights(peft_model).items():
+                a.copy_(keyed_lora_a(init_key, name, tuple(a.shape), init_scale))
+    return peft_model
+
+
+def init_key(factor: str, group: int, seed: int) -> str:
+    """The LoRA init key of a mined adapter: one independent init per (factor, group, seed)."""
+    return f"factor={factor}/group={group}/seed={seed}"
+
+
+def keyed_lora_a(key: str, layer: str, shape: tuple[int, ...], scale: float = 1.0) -> Tensor:
+    """lora_A [r, d_in] of one layer, drawn from PEFT's default U(-1/sqrt(d_in), 1/sqrt(d_in))
+    (kaiming-uniform with a = sqrt(5)) times ``scale``, by a generator seeded with a hash of
+    (key, layer). Deterministic, so the init is recorded by its key and can be redrawn."""
+    seed = int.from_bytes(hashlib.sha256(f"{key}|{layer}".encode()).digest()[:8], "little")
+    gen = torch.Generator().manual_seed(seed & (2**63 - 1))
+    bound = scale / math.sqrt(shape[1])
+    return (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).mul(bound).float()
+
+
+def lora_a_weights(model: nn.Module) -> dict[str, Tensor]:
+    """Every adapted layer's lora_A weight (the live parameter), by the base model's name."""
+    out = {}
+    for name, mod in model.named_modules():
+        lora_a = getattr(mod, "lora_A", None)
+        if isinstance(lora_a, nn.ModuleDict) and "default" in lora_a:
+            out[name.removeprefix(PEFT_PREFIX)] = lora_a["default"].weight
+    return out
+
+
+def movement(
+    model: nn.Module, init: dict[str, Tensor], scaling: float
+) -> dict[str, float]:
+    """How far training took each adapted layer from its init, median over layers:
+    ``lora_a_change`` = ||A - A0||_F / ||A0||_F (near 0: the row space is still the init)
+    and ``update_norm`` = ||scaling B A||_F."""
+    changes, norms = [], []
+    for name, mod in model.named_modules():
+        lora_a = getattr(mod, "lora_A", None)
+        if not (isinstance(lora_a, nn.ModuleDict) and "default" in lora_a):
+            continue
+        layer = name.removeprefix(PEFT_PREFIX)
+        a = lora_a["default"].weight.detach().double().cpu()
+        b = mod.lora_B["default"].weight.detach().double().cpu()
+        a0 = init[layer].double()
+        changes.append(float((a - a0).norm() / a0.norm().clamp_min(1e-30)))
+        norms.append(float(scaling * (b @ a).norm()))
+    if not changes:
+        raise ConfigError("the model has no LoRA layers to measure")
+    return {"lora_a_change": statistics.median(changes),
+            "update_norm": statistics.median(norms)}
 
 
 def save_adapter(

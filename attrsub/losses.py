@@ -97,6 +97,11 @@ class LossWeights:
         if self.camera + self.depth + self.point == 0:
             raise ConfigError("LossWeights: camera, depth and point are all 0; nothing would train")
 
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The model heads this loss reads (weight > 0): the rest need not run in training."""
+        return tuple(h for h in ("camera", "depth", "point") if getattr(self, h) > 0)
+
 
 def _finite(x: torch.Tensor, hard_max: float | None = _HARD_MAX) -> torch.Tensor:
     """Replace NaN/inf by 0 and clamp, as VGGT does, so one bad pixel cannot poison a step."""

@@ -19,8 +19,18 @@ from attrsub.bank import Bank
 from attrsub.base import DEFAULT_BASE, load_base
 from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError, DataError
+from attrsub.evidence import ALL_LAYERS, evidence_rows, load_adapters
 from attrsub.fsio import ensure_writable_dir, publish_dir
-from attrsub.lora import LoraSpec, apply_lora, read_sidecar, read_updates, save_adapter
+from attrsub.lora import (
+    LoraSpec,
+    apply_lora,
+    init_key,
+    lora_a_weights,
+    movement,
+    read_sidecar,
+    read_updates,
+    save_adapter,
+)
 from attrsub.subspace import ExtractConfig, LayerSubspace, Update, extract_all
 from attrsub.train import StepInfo, TrainConfig, train
 
@@ -41,6 +51,8 @@ def mine_adapter(
     lr: float = 1e-4,
     rank: int = 16,
     alpha: float | None = None,
+    init_scale: float = 1.0,
+    lora_init_key: str | None = None,
     batch_size: int = 2,
     heads: bool = False,
     cache: str | os.PathLike[str] | None = None,
@@ -54,7 +66,13 @@ def mine_adapter(
 
     ``out`` must not exist yet (a finished adapter is never overwritten); the folder appears
     complete or not at all. ``checkpoint_dir`` lets a retried trial resume its training, from
-the last of the checkpoints written every ``checkpoint_every`` steps and at the end.
+    the last of the checkpoints written every ``checkpoint_every`` steps and at the end.
+
+    The LoRA init is drawn from a generator keyed by (factor, group, seed) (``init_key``),
+    so adapters of different datasets start from independent A; a shared init would be a
+    shared subspace that no attribute caused (``lora_init_key`` overrides the key, e.g. to
+    reproduce that artifact). The sidecar records the key and how far training moved the
+    adapter from it (``movement``).
     """
     spec = DatasetSpec(factor=factor, group=group, scenes=scenes, views=views, size=size, seed=seed)
     lora = LoraSpec(rank=rank, alpha=alpha, heads=heads)
@@ -70,8 +88,9 @@ the last of the checkpoints written every ``checkpoint_every`` steps and at the 
         ensure_writable_dir(checkpoint_dir, "checkpoint folder")
     b = load_base(base, weights, device=device, random_init=random_init)
     data = SceneDataset(render_factor_dataset(spec, cache, device=device))
-    torch.manual_seed(seed)
-    model = apply_lora(b.model, lora)
+    key = init_key(factor, group, seed) if lora_init_key is None else lora_init_key
+    model = apply_lora(b.model, lora, init_key=key, init_scale=init_scale)
+    a0 = {name: a.detach().clone().cpu() for name, a in lora_a_weights(model).items()}
     result = train(
         model, data, cfg, device=device, checkpoint_dir=checkpoint_dir, callback=callback,
         progress=progress, desc=f"mine {spec.label}",
@@ -86,6 +105,8 @@ the last of the checkpoints written every ``checkpoint_every`` steps and at the 
         "targets": list(lora.targets),
         "blocks": list(lora.blocks),
         "heads": lora.heads,
+        "init": {"key": key, "scale": init_scale, "scheme": "keyed-kaiming-uniform"},
+        "movement": movement(model, a0, lora.scaling),
         "steps": result.steps,
         "final_loss": result.final_loss,
         "train": {"lr": lr, "batch_size": batch_size, "wall_s": result.wall_s,
@@ -154,8 +175,12 @@ def extract_factor(
 def assemble_bank(
     extracted: Mapping[str, tuple[dict[str, LayerSubspace], list[dict[str, Any]], tuple[str, str]]],
     cfg: ExtractConfig,
+    evidence: Sequence[Mapping[str, Any]] = (),
 ) -> Bank:
-    """A bank from ``extract_factor`` results; every factor must share one base."""
+    """A bank from ``extract_factor`` results; every factor must share one base.
+
+    ``evidence`` (attrsub.evidence.evidence_rows) is kept in the bank over all layers only.
+    """
     if not extracted:
         raise ConfigError("a bank needs adapters of at least one factor, got none")
     bases = {base for _, _, base in extracted.values()}
@@ -166,13 +191,22 @@ def assemble_bank(
         name, weights_hash, cfg,
         {f: subs for f, (subs, _, _) in extracted.items()},
         {f: src for f, (_, src, _) in extracted.items()},
+        [dict(r) for r in evidence if r["layer"] == ALL_LAYERS],
     )
 
 
-def build_bank(adapters_by_factor: Mapping[str, Sequence[Path]], cfg: ExtractConfig) -> Bank:
-    """Extract one subspace per factor and layer from that factor's adapters."""
+def build_bank(
+    adapters_by_factor: Mapping[str, Sequence[Path]],
+    cfg: ExtractConfig,
+    *,
+    permutations: int = 2000,
+    seed: int = 0,
+) -> Bank:
+    """Extract one subspace per factor and layer from that factor's adapters, with the
+    evidence that they are attribute subspaces (``permutations`` label shuffles; 0: none)."""
     if not adapters_by_factor:
         raise ConfigError("build_bank needs adapters of at least one factor, got none")
-    return assemble_bank(
-        {f: extract_factor(f, dirs, cfg) for f, dirs in adapters_by_factor.items()}, cfg
-    )
+    extracted = {f: extract_factor(f, dirs, cfg) for f, dirs in adapters_by_factor.items()}
+    rows = (evidence_rows(load_adapters(adapters_by_factor), cfg, permutations=permutations,
+                          seed=seed) if permutations else [])
+    return assemble_bank(extracted, cfg, rows)

@@ -1,4 +1,4 @@
-"""Pretrain a base model on the broad synthetic distribution (``all`` attributes).
+"""Pretrain a base model on the canonical synthetic distribution (its world).
 
 This makes the shipped tiny base: the stand-in for VGGT-1B's pretraining on a laptop.
 Its recipe, seed and held-out evaluation (against the same model untrained) are written
@@ -46,15 +46,15 @@ class PretrainRecipe:
     def __post_init__(self) -> None:
         if self.config not in CONFIGS:
             raise ConfigError(f"unknown model config {self.config!r}; valid: {', '.join(CONFIGS)}")
-        DatasetSpec("all", scenes=self.scenes, views=self.views, size=self.size, seed=self.seed)
+        self.train_spec()
         TrainConfig(steps=self.steps, lr=self.lr, batch_size=self.batch_size, freeze=())
 
     def train_spec(self) -> DatasetSpec:
-        return DatasetSpec("all", scenes=self.scenes, views=self.views, size=self.size,
+        return DatasetSpec("canonical", scenes=self.scenes, views=self.views, size=self.size,
                            seed=self.seed)
 
     def eval_spec(self) -> DatasetSpec:
-        return DatasetSpec("all", scenes=self.eval_scenes, views=self.views, size=self.size,
+        return DatasetSpec("canonical", scenes=self.eval_scenes, views=self.views, size=self.size,
                            seed=self.eval_seed)
 
     def train_config(self) -> TrainConfig:

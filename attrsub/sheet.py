@@ -11,7 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from attrsub.data import SceneDataset
+from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
+from attrsub.factors import CANONICAL, FACTORS
 from attrsub.fsio import atomic_path
 
 
@@ -63,3 +64,28 @@ def contact_sheet(
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out
+
+
+def family_sheet(
+    out: str | os.PathLike[str],
+    *,
+    scenes: int = 3,
+    views: int = 3,
+    size: int = 112,
+    seed: int = 0,
+    cache: str | os.PathLike[str] | None = None,
+) -> Path:
+    """One sheet of the base's world and every family's extremes: ``scenes`` rows of the
+    canonical distribution, then of each factor family (group 0), rendered into the cache.
+
+    Read it top to bottom: each family's rows differ from the canonical ones only in its
+    attribute (textureless and striped albedo, tiny or huge shapes, wide or narrow lenses
+    and unseen paths, coloured grazing lights), the rest looking like the canonical rows.
+    """
+    paths = [
+        render_factor_dataset(
+            DatasetSpec(f, scenes=scenes, views=views, size=size, seed=seed), cache
+        )
+        for f in (CANONICAL, *FACTORS)
+    ]
+    return contact_sheet(paths, out, scenes=scenes, views=views)

@@ -29,7 +29,6 @@ splits are deterministic from the seed and never share scenes.
 from __future__ import annotations
 
 import colorsys
-import dataclasses
 import hashlib
 import math
 import os
@@ -55,8 +54,8 @@ from attrsub.captures import (
 from attrsub.data import SceneDataset, build_dataset, collate
 from attrsub.debfetch import require_real_data
 from attrsub.errors import ConfigError
-from attrsub.factors import NARROW, LightingRanges, draw_camera, draw_lighting
-from attrsub.metrics import evaluate_batch
+from attrsub.factors import CameraRanges, LightingRanges, draw_camera, draw_lighting
+from attrsub.metrics import POINT_SOURCES, evaluate_batch
 from attrsub.scene import (
     TEXTURE_KINDS,
     Box,
@@ -85,6 +84,16 @@ CARD_THICKNESS = 0.01
 # 3.5 degrees keeps the total rotation from the first view within 5 degrees.
 MICRO_SPAN_DEG = (1.5, 3.5)
 MAX_MICRO_DEG = 5.0
+# One white sun and a moderate sky: the lighting of print_attack and the cross_domain source.
+TASK_LIGHTING = LightingRanges(
+    ambient=(0.25, 0.35),
+    lights=(1, 1),
+    saturation=(0.0, 0.1),
+    intensity=(1.2, 1.6),
+    elevation_deg=(45.0, 60.0),
+    point_prob=0.0,
+    exposure=(0.9, 1.1),
+)
 
 
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
@@ -138,12 +147,22 @@ class Task:
     lower_is_better: bool = True
     # How predicted depth is aligned to ground truth before AbsRel/delta1 (attrsub.align).
     depth_align: str = "median"
+    # Where the point clouds of pc_acc/pc_comp/pc_nc come from: the depth head unprojected
+    # with the predicted cameras, as VGGT evaluates, so fine-tuning the depth and camera
+    # heads (what the downstream loss trains) moves them; "world_points" reads the point
+    # head, which downstream fine-tuning does not train.
+    points_from: str = "depth"
 
     def __post_init__(self) -> None:
         if self.depth_align not in DEPTH_ALIGN_MODES:
             raise ConfigError(
                 f"task {self.name!r}: depth_align must be one of {DEPTH_ALIGN_MODES}, got "
                 f"{self.depth_align!r}"
+            )
+        if self.points_from not in POINT_SOURCES:
+            raise ConfigError(
+                f"task {self.name!r}: points_from must be one of {POINT_SOURCES}, got "
+                f"{self.points_from!r}"
             )
 
     def check(self, size: TaskSize) -> TaskSize:
@@ -201,7 +220,8 @@ class Task:
         stats: dict[str, list[dict[str, float]]] = {}
         for split, dataset in self.eval_data(cache, size, seed, device=str(dev)).items():
             means, stats[split] = run_split(
-                model, dataset, dev, self.sample_stats, depth_align=self.depth_align
+                model, dataset, dev, self.sample_stats, depth_align=self.depth_align,
+                points_from=self.points_from,
             )
             out.update({f"{split}/{k}": v for k, v in means.items()})
             out[f"{split}/samples"] = float(len(stats[split]))
@@ -239,11 +259,16 @@ def run_split(
     stats_fn: StatsFn | None = None,
     *,
     depth_align: str = "median",
+    points_from: str = "depth",
+    metrics: bool = True,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Mean ``evaluate_batch`` metrics over a dataset (non-finite values skipped, as in
-    ``attrsub.evaluate``) plus each sample's ``stats_fn(pred, batch)``."""
+    ``attrsub.evaluate``) plus each sample's ``stats_fn(pred, batch)``; with ``metrics``
+    False only the latter (a pass that needs per-sample statistics alone)."""
     was_training = model.training
     model.eval().to(device)
+    # The point head only feeds point metrics read from it; unprojected depth needs the rest.
+    heads = ("camera", "depth") if points_from == "depth" else None
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     keys: set[str] = set()
@@ -251,8 +276,10 @@ def run_split(
     try:
         for i in range(len(dataset)):
             batch = {k: v.to(device) for k, v in collate([dataset[i]]).items()}
-            pred = model(batch["images"])
-            for key, value in evaluate_batch(pred, batch, depth_align=depth_align).items():
+            pred = model(batch["images"], heads=heads)
+            scores = evaluate_batch(pred, batch, depth_align=depth_align,
+                                    points_from=points_from) if metrics else {}
+            for key, value in scores.items():
                 keys.add(key)
                 if math.isfinite(value):
                     sums[key] += value
@@ -492,7 +519,7 @@ class PrintAttackTask(SceneTask):
             lookat_jitter=0.0,
             seed=int(cam.integers(0, MAX_SEED)),
         )
-        lighting = draw_lighting(rng(_LIGHTING), NARROW.lighting)
+        lighting = draw_lighting(rng(_LIGHTING), TASK_LIGHTING)
         geo = rng(_GEOMETRY)
         if printed:
             card = Box(
@@ -575,7 +602,7 @@ class PrintAttackTask(SceneTask):
         metrics: dict[str, float],
     ) -> dict[str, float]:
         train = self.train_data(cache, size, seed, device=str(device))
-        _, train_stats = run_split(model, train, device, self.sample_stats)
+        _, train_stats = run_split(model, train, device, self.sample_stats, metrics=False)
         train_scores = [s["planarity"] for s in train_stats]
         train_labels = self.labels(seed, "train", size)
         threshold = select_threshold(train_scores, train_labels)
@@ -597,7 +624,7 @@ class Family:
 
     shapes: tuple[str, ...]
     textures: tuple[str, ...]
-    lighting: LightingRanges = NARROW.lighting
+    lighting: LightingRanges = TASK_LIGHTING
 
     def __post_init__(self) -> None:
         for name, values, valid in (
@@ -623,14 +650,23 @@ COLOURED_LIGHTS = LightingRanges(
 
 SOURCE_FAMILY = Family(("box", "cylinder"), ("checker", "stripes"))
 TARGET_FAMILY = Family(("sphere", "heightfield"), ("noise", "patchwork"), COLOURED_LIGHTS)
-# NARROW spline paths, closer in so the objects fill more of the small images.
-TASK_CAMERA = dataclasses.replace(NARROW.camera, distance=(4.0, 5.0))
+# Spline paths around 4-5 units, so the objects fill more of the small images.
+TASK_CAMERA = CameraRanges(
+    trajectories=("spline",),
+    fov_deg=(50.0, 60.0),
+    distance=(4.0, 5.0),
+    elevation_deg=(25.0, 35.0),
+    span_deg=(40.0, 60.0),
+    micro_span_deg=(3.0, 5.0),
+    lookat_jitter=(0.0, 0.05),
+    dolly_frac=(0.2, 0.3),
+)
 
 
 @dataclass(frozen=True)
 class CrossDomainTask(SceneTask):
     """Fine-tune on ``source`` scenes; evaluate on ``source`` (in_domain) and on the disjoint
-    ``target`` family (cross_domain). Cameras (NARROW spline paths) are shared, so the gap
+    ``target`` family (cross_domain). Cameras (``TASK_CAMERA`` spline paths) are shared, so the gap
     measures shape / texture / lighting transfer only."""
 
     source: Family = SOURCE_FAMILY

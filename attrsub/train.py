@@ -221,7 +221,7 @@ def train(
     for step in range(start, cfg.steps):
         batch = {k: v.to(device) for k, v in batch_for_step(dataset, cfg, step).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = model(batch["images"])
+            pred = model(batch["images"], heads=cfg.loss.heads)
         pred = {k: _to_float(v) for k, v in pred.items()}
         loss, parts = compute_loss(pred, batch, cfg.loss)
         value = float(loss.detach())

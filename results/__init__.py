@@ -1,26 +1,28 @@
-"""Results tables of a study (trials, overlaps, spectra): their schemas and atomic writers."""
+"""Results tables of a study (trials, overlaps, spectra, evidence): schemas and atomic writers."""
 
 from results.schema import (
+    EVIDENCE_SCHEMA,
     OVERLAPS_SCHEMA,
     SPECTRA_SCHEMA,
     STATUSES,
     metric_column,
-    overlap_rows,
     read_table,
     spectra_rows,
+    study_rows,
     trials_schema,
     upsert_table,
     write_table,
 )
 
 __all__ = [
+    "EVIDENCE_SCHEMA",
     "OVERLAPS_SCHEMA",
     "SPECTRA_SCHEMA",
     "STATUSES",
     "metric_column",
-    "overlap_rows",
     "read_table",
     "spectra_rows",
+    "study_rows",
     "trials_schema",
     "upsert_table",
     "write_table",

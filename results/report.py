@@ -1,9 +1,11 @@
 """The study report: ``report.md`` plus PNG figures, written into a study folder.
 
 ``python -m results.report STUDY_DIR`` (or ``write_report(study_dir)`` from a driver) reads the
-study's Parquet tables (``trials``, ``overlaps``, ``spectra``; ``pareto`` and ``study.json``
-when present) and writes what a researcher reads instead of raw Parquet: the method x task
-tables in the paper's layout beside the paper's own figures, task error versus basis rank and
+study's Parquet tables (``trials``, ``overlaps``, ``spectra``, ``evidence``; ``pareto`` and
+``study.json`` when present) and writes what a researcher reads instead of raw Parquet: the
+method x task tables, a verdict on each of the paper's four claims (``results.claims``) and
+the seed-paired differences behind them, the paper's layout beside the paper's own figures,
+task error versus basis rank and
 versus trainable parameters, the reduced method's ablations (attribute subsets,
 orthogonalisation, extraction), the disentanglement of the attribute subspaces against random
 subspaces, and their singular spectra. An interrupted study still gets a report: every table,
@@ -34,7 +36,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullLocator, ScalarFormatter
 
-from results.schema import ATTRIBUTES, OVERLAPS_SCHEMA, SPECTRA_SCHEMA, TRIAL_COLUMNS
+from results.claims import (
+    Claim,
+    choose_extraction,
+    claims,
+    fmt_difference,
+    mean_ci,
+    paired_differences,
+)
+from results.schema import (
+    ATTRIBUTES,
+    EVIDENCE_SCHEMA,
+    OVERLAPS_SCHEMA,
+    SPECTRA_SCHEMA,
+    TRIAL_COLUMNS,
+)
 
 REPORT_NAME = "report.md"
 FIGURES = {
@@ -128,6 +144,7 @@ class StudyData:
     trials: pd.DataFrame
     overlaps: pd.DataFrame
     spectra: pd.DataFrame
+    evidence: pd.DataFrame
     pareto: pd.DataFrame | None
     meta: dict[str, Any]
     missing: list[str] = field(default_factory=list)
@@ -177,6 +194,7 @@ def load_study(study_dir: str | os.PathLike[str]) -> StudyData:
     trials = _read_table(root / "trials.parquet", TRIAL_NEEDED, missing)
     overlaps = _read_table(root / "overlaps.parquet", OVERLAPS_SCHEMA.names, missing)
     spectra = _read_table(root / "spectra.parquet", SPECTRA_SCHEMA.names, missing)
+    evidence = _read_table(root / "evidence.parquet", EVIDENCE_SCHEMA.names, missing)
     pareto = _read_table(root / "pareto.parquet", ("trainable_params", "main"), missing,
                          optional=True)
     meta: dict[str, Any] = {}
@@ -192,6 +210,7 @@ def load_study(study_dir: str | os.PathLike[str]) -> StudyData:
         root=root, trials=trials,
         overlaps=overlaps if overlaps is not None else _empty(OVERLAPS_SCHEMA.names),
         spectra=spectra if spectra is not None else _empty(SPECTRA_SCHEMA.names),
+        evidence=evidence if evidence is not None else _empty(EVIDENCE_SCHEMA.names),
         pareto=pareto, meta=meta, missing=missing,
     )
 
@@ -251,19 +270,6 @@ def _label(r: pd.Series) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Statistics and task metadata
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, half-width of its 95% Student-t interval (NaN for n < 2) and n, NaNs dropped."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan, 0
-    if len(v) < 2:
-        return float(v.mean()), math.nan, 1
-    from scipy import stats
-
-    half = float(stats.t.ppf(0.975, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
-    return float(v.mean()), half, len(v)
 
 
 def _aggregate(df: pd.DataFrame, by: str | list[str], value: str = "main") -> pd.DataFrame:
@@ -659,13 +665,6 @@ def _depth(layer: str) -> tuple[str, int | None]:
     return m.group(1).split(".")[-1], int(m.group(2))
 
 
-def _choose_extraction(df: pd.DataFrame) -> str | None:
-    values = df["extraction"].dropna().unique().tolist()
-    if not values:
-        return None
-    return "irls" if "irls" in values else sorted(values)[0]
-
-
 def _pair_matrix(o: pd.DataFrame, col: str, attrs: list[str]) -> np.ndarray:
     m = np.full((len(attrs), len(attrs)), np.nan)
     means = o.groupby(["attr_a", "attr_b"])[col].mean()
@@ -683,7 +682,7 @@ def _attrs(o: pd.DataFrame) -> list[str]:
 
 def _fig_disentanglement(o_all: pd.DataFrame, path: Path) -> str | None:
     """Heatmaps: smallest principal angle and scale-invariant distance, mined vs random."""
-    ext = _choose_extraction(o_all)
+    ext = choose_extraction(o_all)
     if ext is None:
         return "no rows in `overlaps.parquet`"
     o = o_all[o_all["extraction"] == ext]
@@ -717,7 +716,7 @@ def _fig_disentanglement(o_all: pd.DataFrame, path: Path) -> str | None:
 
 def _fig_disentanglement_depth(o_all: pd.DataFrame, path: Path) -> str | None:
     """Scale-invariant distance per attribute pair vs block depth, random baseline dashed."""
-    ext = _choose_extraction(o_all)
+    ext = choose_extraction(o_all)
     if ext is None:
         return "no rows in `overlaps.parquet`"
     o = o_all[o_all["extraction"] == ext].copy()
@@ -769,7 +768,7 @@ def _spectrum_layers(s: pd.DataFrame, n: int = 4) -> list[str]:
 
 def _fig_spectra(s_all: pd.DataFrame, path: Path) -> str | None:
     """Singular values per attribute for a few layers; the kept rank and the cliff marked."""
-    ext = _choose_extraction(s_all)
+    ext = choose_extraction(s_all)
     if ext is None:
         return "no rows in `spectra.parquet`"
     s = s_all[s_all["extraction"] == ext]
@@ -962,6 +961,54 @@ def section_main_tables(ft: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
+def _claim_bullet(c: Claim) -> str:
+    evidence = c.evidence if c.evidence.endswith(".") else f"{c.evidence}."
+    null = f" *Null:* {c.null}" if c.null else ""
+    return f"- **Claim {c.number}: {c.verdict}.** {c.statement} {evidence}{null}"
+
+
+def section_claims(study: StudyData) -> str:
+    """One bullet per claim of the paper: the verdict in bold, its numbers, the null."""
+    found = claims({"trials": study.trials, "overlaps": study.overlaps,
+                    "evidence": study.evidence})
+    return ("Each verdict follows the rule stated in `results.claims.claims`: claim 1 from "
+            "`evidence.parquet`, claim 2 from `overlaps.parquet`, claims 3 and 4 from the "
+            "seed-paired differences below (95% Student-t CI over seeds).\n\n"
+            + "\n".join(_claim_bullet(c) for c in found) + "\n")
+
+
+def _ratio_cell(r: pd.Series) -> str:
+    pa, pb = r["params_a"], r["params_b"]
+    if not np.isfinite(r["param_ratio"]):
+        return f"{fmt_params(pa)} / {fmt_params(pb)}"
+    return f"{fmt_params(pa)} / {fmt_params(pb)} = {r['param_ratio']:.3g}"
+
+
+def section_paired(t: pd.DataFrame) -> str:
+    """Per task, a - b of the main metric paired on the seed, for the claims' comparisons."""
+    main = t[(t["stage"] == "finetune") & (t["axis"] == "main") & (t["status"] == "ok")]
+    tasks = _tasks(main)
+    if not tasks:
+        return "No successful main-axis fine-tuning trials to pair.\n"
+    out = ["Main metric of method a minus method b on the same seed (the same scenes and "
+           "training batches), mean ± 95% CI half-width over the seeds both ran; \"a better\" "
+           "counts the seeds where a wins in the task's direction. Parameter ratio: trainable "
+           "parameters of a / b.\n"]
+    for task in tasks:
+        table = paired_differences(t, task)
+        better = "lower" if task_info(task)[1] else "higher"
+        sign = "negative" if better == "lower" else "positive"
+        rows = [[f"{r['a']} - {r['b']}", fmt_difference(r["mean"], r["ci"]), int(r["n"]),
+                 f"{int(r['wins'])}/{int(r['n'])}", _ratio_cell(r)]
+                for _, r in table.iterrows()]
+        out.append(f"### Paired differences: {task}\n\n{better.capitalize()} is better, so a "
+                   f"{sign} difference favours a.\n")
+        out.append(md_table(["pair (a - b)", "mean difference ± 95% CI", "seeds", "a better",
+                             "parameter ratio"], rows, ["l", "r", "r", "r", "r"]) + "\n"
+                   if rows else "No pair of methods ran on this task.\n")
+    return "\n".join(out)
+
+
 def section_paper_tables(tasks: Sequence[str]) -> str:
     """The paper's own figures, for the tasks this study's tasks stand in for."""
     out = [f"Figures as stated in {PAPER_CITATION}, at the paper's scale (VGGT-1B, 518 px, real "
@@ -1064,7 +1111,8 @@ def section_metadata(study: StudyData, preset: str | None, wall_s: float | None)
     seeds = sorted(int(x) for x in ft["seed"].dropna().unique())
     adapter_seeds = sorted(int(x) for x in mine["seed"].dropna().unique())
     versions = pd.concat([t["code_version"], study.overlaps["code_version"],
-                          study.spectra["code_version"]]).dropna().value_counts()
+                          study.spectra["code_version"], study.evidence["code_version"]]
+                         ).dropna().value_counts()
     version_text = (", ".join(f"`{v}` ({n} rows over the tables)" for v, n in versions.items())
                     or "not recorded")
     if len(versions) > 1:
@@ -1184,6 +1232,8 @@ def build_report(study: StudyData, preset: str | None = None,
                          "\n\n" + "\n".join(f"- {c}" for c in coverage) + "\n")
     parts += [
         "## Main results: method x task\n", section_main_tables(ft),
+        "## The paper's claims\n", section_claims(study),
+        "## Paired differences\n", section_paired(study.trials),
         "## The paper's figures, for reference\n",
         section_paper_tables(_tasks(ft)),
         "## Task error versus basis rank\n",

@@ -5,6 +5,9 @@ The tables of a study folder (see results/README.md for every column):
 - ``trials.parquet``: one row per trial (mining and fine-tuning), keyed by ``trial_id``;
 - ``overlaps.parquet``: one row per (extraction, layer, attribute pair);
 - ``spectra.parquet``: one row per (extraction, layer, attribute, singular value index);
+- ``evidence.parquet``: claim 1's measures beside their nulls (attrsub.evidence): adapter
+  overlaps within versus across attributes with a permutation p, held-out energy, init
+  overlap; per layer and over all layers;
 - ``pareto.parquet`` (written by ``sweeps/search.py``): one row per Pareto-optimal trial of
   a multi-objective search, task error versus trainable parameters.
 
@@ -57,6 +60,8 @@ _TRIAL_FIELDS: list[pa.Field] = [
     pa.field("main", pa.float64()),
     pa.field("wall_s", pa.float64()),
     pa.field("resumed_step", pa.int64()),
+    pa.field("lora_a_change", pa.float64()),
+    pa.field("update_norm", pa.float64()),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("base", pa.string()),
@@ -108,6 +113,25 @@ PARETO_SCHEMA = pa.schema([
     pa.field("extraction", pa.string()),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("code_version", pa.string(), nullable=False),
+])
+
+EVIDENCE_SCHEMA = pa.schema([
+    pa.field("study", pa.string(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("extraction", pa.string(), nullable=False),
+    pa.field("measure", pa.string(), nullable=False),
+    pa.field("side", pa.string(), nullable=False),
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("attribute", pa.string(), nullable=False),
+    pa.field("adapter", pa.string()),
+    pa.field("within", pa.float64()),
+    pa.field("cross", pa.float64()),
+    pa.field("random", pa.float64()),
+    pa.field("p_value", pa.float64()),
+    pa.field("permutations", pa.int64()),
+    pa.field("rank", pa.int64()),
+    pa.field("dim", pa.float64()),
 ])
 
 SPECTRA_SCHEMA = pa.schema([
@@ -242,7 +266,7 @@ def upsert_table(
     return len(merged)
 
 
-def overlap_rows(
+def study_rows(
     pairwise_rows: Iterable[Mapping[str, Any]],
     *,
     study: str,
@@ -250,7 +274,8 @@ def overlap_rows(
     seed: int,
     extraction: str,
 ) -> list[dict[str, Any]]:
-    """attrsub.disentangle.pairwise rows with the study's identifying columns added."""
+    """Rows of a bank analysis (attrsub.disentangle.pairwise, attrsub.evidence.evidence_rows)
+    with the study's identifying columns added."""
     ident = {"study": study, "code_version": code_version, "seed": seed, "extraction": extraction}
     return [{**ident, **r} for r in pairwise_rows]
 

@@ -32,6 +32,7 @@ from attrsub.errors import AttrsubError, DivergenceError
 from attrsub.fsio import write_json
 from attrsub.train import StepInfo
 from results.schema import (
+    EVIDENCE_SCHEMA,
     OVERLAPS_SCHEMA,
     SPECTRA_SCHEMA,
     metric_column,
@@ -66,7 +67,7 @@ def finetune_jobs(preset: Preset) -> list[dict[str, Any]]:
         for seed in preset.seeds:
             for method in preset.methods:
                 jobs.append({**base, "axis": "main", "task": task, "method": method, "seed": seed})
-            if "reduced" not in preset.methods:
+            if "reduced" not in preset.methods or seed not in preset.ablation_seeds:
                 continue
             variants = (
                 [("ranks", {"rank": r}) for r in preset.ablation_ranks if r != preset.rank]
@@ -248,11 +249,18 @@ def _mean_ci(vals: list[float]) -> tuple[float, float]:
 def summary(rows: list[dict[str, Any]]) -> str:
     """Per task: method -> main metric (mean ± 95% CI over seeds), trainable parameters,
     learning rate (tuned, with lr_search), wall time; then the reduced method's ablation
-    axes, one line per variant. Learning-rate search trials (stage search) are not listed."""
+    axes, one line per variant; then the main-axis methods' differences paired on the seed
+    (results.claims.paired_differences), which separate methods the seed spread hides.
+    Learning-rate search trials (stage search) are not listed."""
+    import pandas as pd
+
     from attrsub.methods import METHODS
     from attrsub.tasks import get_task
+    from results.claims import PAIR_NEEDED, fmt_difference, paired_differences
 
     ok = [r for r in rows if r["stage"] == "finetune" and r["status"] == "ok"]
+    frame = pd.DataFrame(rows)
+    pairable = all(c in frame.columns for c in PAIR_NEEDED)
     lines: list[str] = []
     for task in sorted({r["task"] for r in ok}):
         t = get_task(task)
@@ -278,6 +286,13 @@ def summary(rows: list[dict[str, Any]]) -> str:
             lr = f"{rs[0]['lr']:.3g}" if rs[0].get("lr") is not None else "-"
             lines.append(f"  {label:<34}{mean:>9.4f} {ci:<8.4f}{len(rs):>3}"
                          f"{rs[0].get('trainable_params') or 0:>11}{lr:>10}{wall:>8.1f}")
+        pairs = paired_differences(frame, task) if pairable else pd.DataFrame()
+        if len(pairs):
+            lines.append("  paired on seeds, a - b (mean ± 95% CI):")
+        for _, p in pairs.iterrows():
+            n = int(p["n"])
+            lines.append(f"  {p['a'] + ' - ' + p['b']:<17}{fmt_difference(p['mean'], p['ci'])} "
+                         f"(n {n}, better on {int(p['wins'])}/{n})")
     failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
     if failed:
         lines.append(f"\n{len(failed)} trial(s) not ok: {', '.join(failed[:10])}")
@@ -327,14 +342,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ray.get(handle.bank_path.remote(main_ext))
         upsert_table(run_finetune(preset, study, paths, version, todo, weights), trials_path,
                      trials_schema)
-        overlaps, spectra = [], []
+        analysis: dict[str, list[dict[str, Any]]] = {"overlaps": [], "spectra": [],
+                                                     "evidence": []}
         if not missing:
             for ext in dict.fromkeys([main_ext, *preset.ablation_extraction]):
                 rows = ray.get(handle.analysis.remote(ext, study, version, preset.adapter_seeds[0]))
-                overlaps += rows["overlaps"]
-                spectra += rows["spectra"]
-        write_table(overlaps, OVERLAPS_SCHEMA, paths.table("overlaps"))
-        write_table(spectra, SPECTRA_SCHEMA, paths.table("spectra"))
+                for name, table in analysis.items():
+                    table += rows[name]
+        for name, schema in (("overlaps", OVERLAPS_SCHEMA), ("spectra", SPECTRA_SCHEMA),
+                             ("evidence", EVIDENCE_SCHEMA)):
+            write_table(analysis[name], schema, paths.table(name))
         actor_stats = ray.get(handle.stats.remote())
     finally:
         ray.kill(handle)  # its state is on disk; a resumed study recreates it
@@ -352,7 +369,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         report = str(write_report(paths.local, preset=preset.name, wall_s=wall))
     return {
-        "study": study, "tables": {n: paths.table(n) for n in ("trials", "overlaps", "spectra")},
+        "study": study,
+        "tables": {n: paths.table(n) for n in ("trials", "overlaps", "spectra", "evidence")},
         "rows": read_table(trials_path), "actor": actor_stats, "wall_s": wall, "report": report,
         "tuned_lr": tuned,
     }

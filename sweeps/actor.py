@@ -51,6 +51,7 @@ class SubspaceActor:
         self.adapters: dict[str, set[str]] = {f: set() for f in self.factors}
         self.extracted: dict[tuple[str, str], Any] = {}  # (extraction, factor) -> result
         self.banks: dict[str, Any] = {}
+        self.evidence: dict[str, list[dict[str, Any]]] = {}  # extraction -> evidence rows
         self.cache: dict[tuple[Any, ...], ray.ObjectRef] = {}
         self.counts = {"extractions": 0, "bank_loads": 0, "requests": 0, "hits": 0}
         if self.adapters_dir.is_dir():
@@ -145,11 +146,23 @@ class SubspaceActor:
                     raise RuntimeError(f"cannot extract yet; adapters missing: {missing}")
                 cfg = ExtractConfig(**{**self.extract, "method": extraction})
                 bank = assemble_bank(
-                    {f: self._extract_factor(extraction, f) for f in self.factors}, cfg
+                    {f: self._extract_factor(extraction, f) for f in self.factors}, cfg,
+                    self._evidence(extraction),
                 )
                 save_bank(bank, path)
                 self.banks[extraction] = bank
         return self.banks[extraction]
+
+    def _evidence(self, extraction: str) -> list[dict[str, Any]]:
+        """Claim 1's evidence rows for one extraction (attrsub.evidence), computed once."""
+        if extraction not in self.evidence:
+            from attrsub.evidence import evidence_rows, load_adapters
+            from attrsub.subspace import ExtractConfig
+
+            cfg = ExtractConfig(**{**self.extract, "method": extraction})
+            adapters = {f: sorted(map(Path, self.adapters[f])) for f in self.factors}
+            self.evidence[extraction] = evidence_rows(load_adapters(adapters), cfg)
+        return self.evidence[extraction]
 
     def bank_path(self, extraction: str) -> str:
         """The persisted bank file for one extraction method, extracting it if need be."""
@@ -181,16 +194,18 @@ class SubspaceActor:
         return self.cache[key]
 
     def analysis(self, extraction: str, study: str, code_version: str, seed: int) -> dict:
-        """Rows for overlaps.parquet and spectra.parquet from this extraction's bank."""
+        """Rows for overlaps.parquet, spectra.parquet and evidence.parquet from this
+        extraction's bank and the study's adapters."""
         from attrsub.disentangle import pairwise
-        from results.schema import overlap_rows, spectra_rows
+        from results.schema import spectra_rows, study_rows
 
         bank = self._bank(extraction)
         ident = {"study": study, "code_version": code_version, "seed": seed,
                  "extraction": extraction}
         return {
-            "overlaps": overlap_rows(pairwise(bank.subspaces, seed=seed), **ident),
+            "overlaps": study_rows(pairwise(bank.subspaces, seed=seed), **ident),
             "spectra": spectra_rows(bank, **ident),
+            "evidence": study_rows(self._evidence(extraction), **ident),
         }
 
     def stats(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ checked here, so a typo costs milliseconds instead of a cluster's worth of faile
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,9 @@ class Preset:
     ablation_subsets: tuple[tuple[str, ...], ...]
     ablation_ortho: tuple[str, ...]
     ablation_extraction: tuple[str, ...]
+    # the seeds the ablation variants run on (default: every downstream seed); the main
+    # method comparison, which the claims rest on, keeps all seeds
+    ablation_seeds: tuple[int, ...]
     resources: dict[str, dict[str, float]]  # stage ("mine", "finetune") -> {"cpu", "gpu"}
     search: SearchConfig | None = None  # the optional ``search:`` section (sweeps/search.py)
     lr_search: LrSearch | None = None  # the optional ``downstream.lr_search`` (None: off)
@@ -181,8 +185,8 @@ def _names(v: Any, valid: tuple[str, ...] | list[str], what: str) -> tuple[str, 
 
 
 def _pos_float(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise ConfigError(f"{what} must be a positive number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+        raise ConfigError(f"{what} must be a positive finite number, got {v!r}")
     return float(v)
 
 
@@ -215,10 +219,11 @@ def from_dict(name: str, raw: Any) -> Preset:
     scenes = _section(raw, "scenes", _SCENES, where)
     for k in _SCENES:
         _pos_int(scenes[k], f"{where}.scenes.{k}")
-    mining = _section(raw, "mining", _MINING, where)
+    mining = dict(_section(raw, "mining", _MINING, where, optional=frozenset({"init_scale"})))
     for k in ("steps", "rank", "batch_size", "report_every"):
         _pos_int(mining[k], f"{where}.mining.{k}")
     _pos_float(mining["lr"], f"{where}.mining.lr")
+    mining["init_scale"] = _pos_float(mining.get("init_scale", 1.0), f"{where}.mining.init_scale")
     ext = raw["extraction"]
     if not isinstance(ext, dict):
         raise ConfigError(f"{where}: extraction must be a mapping of ExtractConfig fields")
@@ -227,7 +232,7 @@ def from_dict(name: str, raw: Any) -> Preset:
     except TypeError as exc:
         raise ConfigError(f"{where}.extraction: {exc}") from exc
     down = _section(raw, "downstream", _DOWN, where, optional=frozenset({"lr_search"}))
-    abl = _section(raw, "ablation", _ABLATION, where)
+    abl = _section(raw, "ablation", _ABLATION, where, optional=frozenset({"seeds"}))
     res = _section(raw, "resources", _STAGES, where)
     resources = {}
     for stage in sorted(_STAGES):
@@ -265,6 +270,14 @@ def from_dict(name: str, raw: Any) -> Preset:
         raise ConfigError(
             f"{where}: ablation ranks {ranks} exceed extraction rank {extraction.rank}"
         )
+    seeds = _seeds(down["seeds"], f"{where}.downstream.seeds")
+    ablation_seeds = seeds
+    if abl.get("seeds") is not None:
+        ablation_seeds = _seeds(abl["seeds"], f"{where}.ablation.seeds")
+        stray = sorted(set(ablation_seeds) - set(seeds))
+        if stray:
+            raise ConfigError(f"{where}.ablation.seeds {stray} are not downstream seeds "
+                              f"{list(seeds)}; ablation variants are compared on those")
     if not isinstance(raw["random_init"], bool):
         raise ConfigError(f"{where}: random_init must be true or false")
     preset = Preset(
@@ -281,7 +294,7 @@ def from_dict(name: str, raw: Any) -> Preset:
         extraction=extraction,
         tasks=tasks,
         methods=methods,
-        seeds=_seeds(down["seeds"], f"{where}.downstream.seeds"),
+        seeds=seeds,
         steps=_pos_int(down["steps"], f"{where}.downstream.steps"),
         lr=_lrs(down["lr"], methods, f"{where}.downstream.lr"),
         rank=rank,
@@ -294,6 +307,7 @@ def from_dict(name: str, raw: Any) -> Preset:
             abl["extraction"] or [extraction.method], EXTRACT_METHODS,
             f"{where} extraction method(s)",
         ),
+        ablation_seeds=ablation_seeds,
         resources=resources,
     )
     for task in preset.tasks:

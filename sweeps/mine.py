@@ -96,7 +96,8 @@ def mine_trial(config: dict[str, Any]) -> None:
                 job["factor"], job["group"], job["seed"], scratch / name,
                 base=p["model"], weights=p["weights"], random_init=p["random_init"],
                 scenes=p["scenes"], views=p["views"], size=p["size"], steps=p["steps"],
-                lr=p["lr"], rank=p["rank"], batch_size=p["batch_size"], cache=config["cache"],
+                lr=p["lr"], rank=p["rank"], init_scale=p["init_scale"],
+                batch_size=p["batch_size"], cache=config["cache"],
                 callback=report, checkpoint_dir=ckdir, checkpoint_every=every,
             )
             files = {f.relative_to(out).as_posix(): f.read_bytes()
@@ -109,6 +110,7 @@ def mine_trial(config: dict[str, Any]) -> None:
         "final_loss": meta["final_loss"], "train_wall_s": meta["train"]["wall_s"],
         "trial_wall_s": time.perf_counter() - t0, "base_hash": meta["base"]["weights_hash"],
         "resumed_step": meta["train"].get("resumed_from"),
+        **{k: float(v) for k, v in meta.get("movement", {}).items()},
     })
 
 
@@ -144,6 +146,7 @@ def mine_row(
         "wall_s": m.get("trial_wall_s"), "status": "ok" if ok else "failed",
         "error": None if ok else _error(error), "base": preset.model,
         "base_hash": m.get("base_hash"), "resumed_step": m.get("resumed_step"),
+        "lora_a_change": m.get("lora_a_change"), "update_norm": m.get("update_norm"),
         "code_version": code_version,
     }
 

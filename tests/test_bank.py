@@ -89,7 +89,7 @@ def test_integrate_and_basis_hash(bank: Bank) -> None:
 
 
 def test_reduced_method_from_the_bank_trains(bank: Bank, tmp_path: Path) -> None:
-    data = SceneDataset(render_factor_dataset(DatasetSpec("all", scenes=2, views=2, size=28),
+    data = SceneDataset(render_factor_dataset(DatasetSpec("canonical", scenes=2, views=2, size=28),
                                               tmp_path))
     torch.manual_seed(0)
     model, count = prepare("reduced", build("vggt-tiny"), bank=bank,
@@ -120,7 +120,7 @@ def test_cli_bank_build_and_info(
     assert "geometry" in text and "texture" in text and "32 layers" in text
     assert "geometry-texture" in text and "spectral cliff" in text
     info = summary(load_bank(out))
-    assert 0.0 <= info["pairs"]["geometry-texture"]["scale_inv_distance_mean"] <= 1.0
+    assert 0.0 <= info["pairs"]["geometry-texture"]["scale_inv_distance"] <= 1.0
     assert main(["bank", "build", "--adapters", str(tmp_path), "--out", str(out)]) == 2
     assert "no adapter folders" in capsys.readouterr().err
 
@@ -144,7 +144,7 @@ def test_cli_finetune_reduced_on_a_task(
     assert "main" in row and (out / "reduced.safetensors").is_file()
     assert json.loads(capsys.readouterr().out)["trainable_params"] == expected
 
-    assert main(["render", "--factor", "all", "--scenes", "2", "--views", "2", "--size", "28",
+    assert main(["render", "--factor", "canonical", "--scenes", "2", "--views", "2", "--size", "28",
                  "--out", str(tmp_path / "data")]) == 0
     data = capsys.readouterr().out.strip()
     evaluate = ["evaluate", "--untrained", "--data", data, "--size", "28", "--json"]

@@ -58,7 +58,7 @@ def test_render_to_an_unwritable_place_fails_before_rendering(
 
 
 def test_evaluate_prints_json_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main([*RENDER, "--factor", "all", "--out", str(tmp_path)])
+    main([*RENDER, "--factor", "canonical", "--out", str(tmp_path)])
     data = capsys.readouterr().out.strip()
     assert main(["evaluate", "--model", "vggt-tiny", "--untrained", "--data", data, "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -78,7 +78,7 @@ def test_evaluate_prints_json_metrics(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_evaluate_bad_model_or_weights(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
 ) -> None:
-    main([*RENDER, "--factor", "all", "--out", str(tmp_path)])
+    main([*RENDER, "--factor", "canonical", "--out", str(tmp_path)])
     data = capsys.readouterr().out.strip()
     assert main(["evaluate", *args, "--data", data]) == 2
     assert needle in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_render_is_cached_and_content_addressed(tmp_path: Path) -> None:
 
 
 def test_scene_dataset_items_have_the_contract_layout(tmp_path: Path) -> None:
-    ds = SceneDataset(render_factor_dataset(DatasetSpec("all", **SMALL), tmp_path))
+    ds = SceneDataset(render_factor_dataset(DatasetSpec("canonical", **SMALL), tmp_path))
     assert len(ds) == 3
     item = ds[1]
     assert set(item) == set(SAMPLE_KEYS)

@@ -17,7 +17,10 @@ from attrsub.lora import (
     WEIGHTS_FILE,
     LoraSpec,
     apply_lora,
+    init_key,
+    keyed_lora_a,
     load_adapter,
+    lora_a_weights,
     read_sidecar,
     read_updates,
     save_adapter,
@@ -150,6 +153,9 @@ def test_mine_adapter_writes_adapter_and_sidecar(tmp_path: Path) -> None:
     assert meta["dataset"]["group"] == 1 and meta["dataset"]["size"] == 28
     assert (meta["rank"], meta["alpha"], meta["steps"]) == (2, 4.0, 2)
     assert meta["final_loss"] > 0
+    assert meta["init"]["key"] == init_key("texture", 1, 3)
+    assert set(meta["movement"]) == {"lora_a_change", "update_norm"}
+    assert meta["movement"]["lora_a_change"] > 0 and meta["movement"]["update_norm"] > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".a.")]  # no temp left
     assert len(read_updates(out)) == 32
     with pytest.raises(ConfigError, match="already exists"):
@@ -166,3 +172,26 @@ def test_cli_mine_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert read_sidecar(tmp_path / "g")["factor"] == "geometry"
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_mined_adapters_start_from_independent_keyed_inits() -> None:
+    """Each (factor, group, seed) draws its own lora_A, whatever torch's global seed is: a
+    shared init would be a subspace every adapter shares that no attribute caused."""
+    keys = [init_key(f, g, 0) for f in ("texture", "camera") for g in range(3)]
+    inits = []
+    for key in keys:
+        torch.manual_seed(0)  # the old mining seeded every adapter's init like this
+        model = apply_lora(_model(), LoraSpec(rank=8), init_key=key)
+        a = lora_a_weights(model)
+        assert all(torch.equal(w, keyed_lora_a(key, n, tuple(w.shape))) for n, w in a.items())
+        inits.append(torch.cat([w.detach().flatten() for w in a.values()]))
+    cos = [float(torch.nn.functional.cosine_similarity(inits[i], inits[j], dim=0))
+           for i in range(len(inits)) for j in range(i)]
+    assert max(abs(c) for c in cos) < 0.1
+    default = apply_lora(_model(), LoraSpec(rank=8))  # PEFT's own draw has the same scale
+    (name, w), = list(lora_a_weights(default).items())[:1]
+    keyed = keyed_lora_a(keys[0], name, tuple(w.shape))
+    assert float(keyed.abs().max()) <= 1 / w.shape[1] ** 0.5
+    assert abs(float(keyed.std() / w.detach().std()) - 1) < 0.15
+    with pytest.raises(ConfigError, match="keyed init"):
+        apply_lora(_model(), LoraSpec(rank=2), init="pissa", init_key=keys[0])

@@ -32,7 +32,8 @@ BLOCK_IO = 192 + 64 + 64 + 64 + 256 + 64 + 64 + 256  # sum of d_out + d_in over 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> SceneDataset:
     root = tmp_path_factory.mktemp("data")
-    return SceneDataset(render_factor_dataset(DatasetSpec("all", scenes=2, views=2, size=28), root))
+    spec = DatasetSpec("canonical", scenes=2, views=2, size=28)
+    return SceneDataset(render_factor_dataset(spec, root))
 
 
 @pytest.fixture(autouse=True)

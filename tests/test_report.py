@@ -1,5 +1,6 @@
 """The study report from small but real Parquet tables: every figure, the expected table rows,
-and a partial (interrupted) study that still gets a report naming what is missing."""
+the claims' verdicts and the seed-paired differences, and a partial (interrupted) study that
+still gets a report naming what is missing."""
 
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+from attrsub.evidence import AdapterSet, evidence_rows
+from attrsub.subspace import ExtractConfig, Update
 from results.report import FIGURES, REPORT_NAME, main, pareto_front, write_report
-from results.schema import OVERLAPS_SCHEMA, SPECTRA_SCHEMA, trials_schema, write_table
+from results.schema import (
+    EVIDENCE_SCHEMA,
+    OVERLAPS_SCHEMA,
+    SPECTRA_SCHEMA,
+    study_rows,
+    trials_schema,
+    write_table,
+)
 
 ATTRS = ("texture", "geometry", "camera", "lighting")
 LAYERS = ("aggregator.frame_blocks.0.attn.qkv", "aggregator.global_blocks.1.attn.qkv")
@@ -99,6 +110,31 @@ def _spectra_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def _evidence_rows() -> list[dict[str, Any]]:
+    """Claim 1's measures on three adapters per attribute, each near its attribute's planted
+    rank-2 subspace (column and row side) plus noise, from independent random inits."""
+    gen = torch.Generator().manual_seed(0)
+    d_out, d_in = 24, 16
+
+    def orth(d: int) -> torch.Tensor:
+        return torch.linalg.qr(torch.randn(d, 2, generator=gen))[0]
+
+    def near(basis: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(basis.shape[0], 2, generator=gen)
+        return basis @ torch.randn(2, 2, generator=gen) + 0.05 * noise
+
+    planted = {a: {n: (orth(d_out), orth(d_in)) for n in LAYERS} for a in ATTRS}
+    names, labels, updates, inits = [], [], [], []
+    for a, k in itertools.product(ATTRS, range(3)):
+        names.append(f"{a}-g{k}")
+        labels.append(a)
+        updates.append({n: Update(col=near(u), row=near(v)) for n, (u, v) in planted[a].items()})
+        inits.append({n: torch.randn(2, d_in, generator=gen) for n in LAYERS})
+    aset = AdapterSet(tuple(names), tuple(labels), tuple(updates), tuple(inits))
+    rows = evidence_rows(aset, ExtractConfig(rank=2), permutations=300)
+    return study_rows(rows, study="unit", code_version=VERSION, seed=0, extraction="irls")
+
+
 def _write_trials(path: Path, rows: list[dict[str, Any]]) -> None:
     write_table(rows, trials_schema(rows), path)
 
@@ -109,6 +145,7 @@ def full_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     _write_trials(d / "trials.parquet", _trial_rows())
     write_table(_overlap_rows(), OVERLAPS_SCHEMA, d / "overlaps.parquet")
     write_table(_spectra_rows(), SPECTRA_SCHEMA, d / "spectra.parquet")
+    write_table(_evidence_rows(), EVIDENCE_SCHEMA, d / "evidence.parquet")
     (d / "study.json").write_text(json.dumps({"preset": "smoke", "wall_s": 123.4}))
     path = write_report(d)
     return d, path.read_text()
@@ -160,6 +197,43 @@ def test_main_table_rows_and_bold_best(full_study: tuple[Path, str]) -> None:
     assert len(cross) == 7
 
 
+def _claim_bullets(text: str) -> dict[int, str]:
+    section = text[text.index("## The paper's claims"):text.index("## Paired differences")]
+    bullets = [line for line in section.splitlines() if line.startswith("- **Claim ")]
+    return {int(b.split()[2].rstrip(":")): b for b in bullets}
+
+
+def test_claims_section(full_study: tuple[Path, str]) -> None:
+    _, text = full_study
+    assert text.index("## Main results") < text.index("## The paper's claims") < text.index(
+        "## Paired differences") < text.index("## The paper's figures")
+    bullets = _claim_bullets(text)
+    assert sorted(bullets) == [1, 2, 3, 4]
+    assert bullets[1].startswith("- **Claim 1: holds.**"), bullets[1]
+    assert "col side (attribute-specific)" in bullets[1] and "*Null:*" in bullets[1]
+    # every distance is exactly 0.5, so none is above it
+    assert bullets[2].startswith("- **Claim 2: does not hold.**")
+    assert "0% of rows above 0.5" in bullets[2]
+    # reduced (d=16: 2048 values) beats every baseline, at half of LoRA r=4's 4096
+    assert bullets[3].startswith("- **Claim 3: does not hold (reduced uses 1/2 of LoRA's "
+                                 "parameters, not <= 1/4).**"), bullets[3]
+    assert bullets[4].startswith("- **Claim 4: not measured.**")
+
+
+def test_paired_differences_section(full_study: tuple[Path, str]) -> None:
+    _, text = full_study
+    rows = _table_rows(text, "### Paired differences: print_attack")
+    assert [r[0] for r in rows] == [
+        "reduced - lora", "reduced - pissa", "reduced - psv", "reduced - random",
+        "reduced - full", "reduced - none", "full - none", "lora - none", "pissa - none",
+        "psv - none", "random - none"]
+    first = rows[0]
+    assert first[1].startswith("-0.0029") and first[2:4] == ["2", "2/2"]
+    assert first[4] == "2.0 k / 4.1 k = 0.5"
+    assert rows[5][4] == "2.0 k / 0"  # zero-shot trains nothing: no ratio
+    assert len(_table_rows(text, "### Paired differences: cross_domain")) == 11
+
+
 def test_paper_table_copied(full_study: tuple[Path, str]) -> None:
     _, text = full_study
     paper = _table_rows(text, "The paper's micro-baseline")
@@ -197,6 +271,11 @@ def test_partial_study_reports_what_exists(tmp_path: Path) -> None:
     assert "## Missing or partial" in text
     assert "`overlaps.parquet` is missing" in text
     assert "`spectra.parquet` is unreadable" in text
+    assert "`evidence.parquet` is missing" in text
+    bullets = _claim_bullets(text)
+    assert bullets[1].startswith("- **Claim 1: not measured.**")
+    assert bullets[2].startswith("- **Claim 2: not measured.**")
+    assert "### Paired differences: print_attack" in text
     assert "lacks column(s) `total_rank`, `wall_s`" in text
     assert "mined subspace d=16: 1 of 2 seeds" in text
     for name in ("rank", "params", "subsets", "ortho", "extraction"):
@@ -214,6 +293,9 @@ def test_empty_folder_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     text = (tmp_path / REPORT_NAME).read_text()
     assert "`trials.parquet` is missing" in text
     assert "No successful main-axis fine-tuning trials yet." in text
+    assert "No successful main-axis fine-tuning trials to pair." in text
+    assert all(b.split("**")[1].endswith(": not measured.")
+               for b in _claim_bullets(text).values())
     assert not list(tmp_path.glob("*.png"))
 
 

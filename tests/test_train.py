@@ -18,7 +18,7 @@ from attrsub.train import StepInfo, TrainConfig, lr_lambda, train
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> SceneDataset:
     root = tmp_path_factory.mktemp("data")
     return SceneDataset(
-        render_factor_dataset(DatasetSpec("all", scenes=4, views=3, size=56), root)
+        render_factor_dataset(DatasetSpec("canonical", scenes=4, views=3, size=56), root)
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import Tensor, nn
 
@@ -20,7 +22,12 @@ class VGGT(nn.Module):
     ``depth`` [B, S, H, W, 1], ``depth_conf`` [B, S, H, W], ``world_points`` [B, S, H, W, 3],
     ``world_points_conf`` [B, S, H, W] for the enabled heads, plus ``track`` [B, S, N, 2],
     ``vis`` and ``conf`` [B, S, N] when the track head is on and query points are given.
+    ``heads`` (a subset of HEADS) runs only those of the enabled heads, as the paper's
+    downstream runs keep only the camera and depth heads: the others cost time and feed
+    nothing that is trained or measured.
     """
+
+    HEADS = ("camera", "depth", "point")
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -40,13 +47,23 @@ class VGGT(nn.Module):
         self.depth_head = dpt(2, "exp") if cfg.enable_depth else None
         self.track_head = TrackHead(cfg) if cfg.enable_track else None
 
-    def _kept_blocks(self, tracking: bool) -> frozenset[int]:
+    def _kept_blocks(self, tracking: bool, heads: frozenset[str]) -> frozenset[int]:
         keep = set()
-        if self.camera_head is not None:
+        if "camera" in heads:
             keep.add(self.config.depth - 1)
-        if self.depth_head is not None or self.point_head is not None or tracking:
+        if "depth" in heads or "point" in heads or tracking:
             keep.update(self.config.dpt_layers)
         return frozenset(keep)
+
+    def _heads(self, heads: Collection[str] | None) -> frozenset[str]:
+        enabled = {"camera": self.camera_head, "depth": self.depth_head,
+                   "point": self.point_head}
+        if heads is None:
+            return frozenset(k for k, h in enabled.items() if h is not None)
+        bad = sorted(set(heads) - set(self.HEADS))
+        if bad or isinstance(heads, str):
+            raise ConfigError(f"unknown head(s) {bad or heads!r}; valid: {self.HEADS}")
+        return frozenset(k for k in heads if enabled[k] is not None)
 
     def check_inputs(self, images: Tensor, query_points: Tensor | None = None) -> Tensor:
         """Validate shapes before any work; returns images with a batch dimension."""
@@ -72,10 +89,12 @@ class VGGT(nn.Module):
                               f"{tuple(query_points.shape)}")
         return images
 
-    def forward(self, images: Tensor, query_points: Tensor | None = None) -> dict[str, object]:
+    def forward(self, images: Tensor, query_points: Tensor | None = None,
+                heads: Collection[str] | None = None) -> dict[str, object]:
         images = self.check_inputs(images, query_points)
         tracking = self.track_head is not None and query_points is not None
-        tokens = self.aggregator(images, keep=self._kept_blocks(tracking))
+        run = self._heads(heads)
+        tokens = self.aggregator(images, keep=self._kept_blocks(tracking, run))
         start = self.aggregator.patch_start_idx
         out: dict[str, object] = {}
         # Heads run in the parameters' dtype even under autocast: exp/expm1 overflow in half.
@@ -83,13 +102,13 @@ class VGGT(nn.Module):
         with torch.autocast(device_type=images.device.type, enabled=False):
             tokens = [t.to(dtype) if t is not None else None for t in tokens]
             images = images.to(dtype)
-            if self.camera_head is not None:
+            if self.camera_head is not None and "camera" in run:
                 poses = self.camera_head(tokens[-1])  # type: ignore[arg-type]
                 out["pose_enc"] = poses[-1]
                 out["pose_enc_list"] = poses
-            if self.depth_head is not None:
+            if self.depth_head is not None and "depth" in run:
                 out["depth"], out["depth_conf"] = self.depth_head(tokens, images, start)
-            if self.point_head is not None:
+            if self.point_head is not None and "point" in run:
                 out["world_points"], out["world_points_conf"] = self.point_head(
                     tokens, images, start)
             if tracking:
