@@ -75,6 +75,9 @@ PathLike = str | os.PathLike[str]
 # Attribute streams of one scene draw.
 _LABEL, _TEXTURE, _GEOMETRY, _CAMERA, _LIGHTING = range(5)
 MAX_SEED = 2**31 - 1
+# Scenes per evaluation forward: one batched forward instead of one per scene; metrics are
+# still computed per scene, so every number is a per-scene mean as before.
+EVAL_BATCH = 8
 MAX_VIEWS = 64
 SHAPES = ("box", "cylinder", "sphere", "heightfield")
 # A print is a card this large, so it fills every micro-baseline view (see PrintAttackTask).
@@ -251,6 +254,23 @@ class Task:
 StatsFn = Callable[[dict[str, Any], dict[str, torch.Tensor]], dict[str, float]]
 
 
+def _same_shapes(items: list[dict[str, torch.Tensor]]) -> list[list[dict[str, torch.Tensor]]]:
+    """Consecutive runs of samples whose images share a shape (one forward each)."""
+    groups: list[list[dict[str, torch.Tensor]]] = []
+    for item in items:
+        if groups and groups[-1][0]["images"].shape == item["images"].shape:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _sample(out: dict[str, Any], j: int) -> dict[str, Any]:
+    """Sample j of a batched prediction or batch, keeping a batch axis of 1."""
+    return {k: [t[j : j + 1] for t in v] if isinstance(v, list) else v[j : j + 1]
+            for k, v in out.items()}
+
+
 @torch.no_grad()
 def run_split(
     model: nn.Module,
@@ -264,7 +284,8 @@ def run_split(
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Mean ``evaluate_batch`` metrics over a dataset (non-finite values skipped, as in
     ``attrsub.evaluate``) plus each sample's ``stats_fn(pred, batch)``; with ``metrics``
-    False only the latter (a pass that needs per-sample statistics alone)."""
+    False only the latter (a pass that needs per-sample statistics alone). Scenes are run
+    EVAL_BATCH at a time."""
     was_training = model.training
     model.eval().to(device)
     # The point head only feeds point metrics read from it; unprojected depth needs the rest.
@@ -274,17 +295,21 @@ def run_split(
     keys: set[str] = set()
     per_sample: list[dict[str, float]] = []
     try:
-        for i in range(len(dataset)):
-            batch = {k: v.to(device) for k, v in collate([dataset[i]]).items()}
-            pred = model(batch["images"], heads=heads)
-            scores = evaluate_batch(pred, batch, depth_align=depth_align,
-                                    points_from=points_from) if metrics else {}
-            for key, value in scores.items():
-                keys.add(key)
-                if math.isfinite(value):
-                    sums[key] += value
-                    counts[key] += 1
-            per_sample.append(stats_fn(pred, batch) if stats_fn is not None else {})
+        for start in range(0, len(dataset), EVAL_BATCH):
+            items = [dataset[i] for i in range(start, min(start + EVAL_BATCH, len(dataset)))]
+            for group in _same_shapes(items):
+                batch = {k: v.to(device) for k, v in collate(group).items()}
+                pred = model(batch["images"], heads=heads)
+                for j in range(len(group)):
+                    p, b = _sample(pred, j), _sample(batch, j)
+                    scores = evaluate_batch(p, b, depth_align=depth_align,
+                                            points_from=points_from) if metrics else {}
+                    for key, value in scores.items():
+                        keys.add(key)
+                        if math.isfinite(value):
+                            sums[key] += value
+                            counts[key] += 1
+                    per_sample.append(stats_fn(p, b) if stats_fn is not None else {})
     finally:
         model.train(was_training)
     means = {k: sums[k] / counts[k] if counts[k] else math.nan for k in sorted(keys)}

@@ -10,9 +10,9 @@ measure is printed beside its null measured in the same run (random subspaces of
 size; label permutations), and the ``shared-init`` regime (one init for every adapter, the
 mining before keyed inits) is the artifact baseline.
 
-Run from the repository root: ``python bench/mining.py --regime quick --regime long``
-(``--list`` names the regimes). Adapters are kept under ``--out`` per regime, so a rerun
-only measures.
+Run from the repository root: ``python bench/mining.py --regime quick --regime shared-init``
+(``--list`` names the regimes, ``--all`` runs every one, about 15 minutes on 2 cores).
+Adapters are kept under ``--out`` per regime, so a rerun only measures.
 """
 
 from __future__ import annotations
@@ -29,27 +29,35 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FACTORS = ("texture", "geometry", "camera", "lighting")
-# mine_adapter keyword arguments per regime, plus "groups" (adapters per attribute).
+# mine_adapter keyword arguments per regime, plus "groups" (adapters per attribute) and
+# "shared_init" (one init for every adapter); "quick" is read from sweeps/presets.yaml.
 BASE = {"scenes": 8, "views": 4, "size": 56, "rank": 8, "batch_size": 2, "groups": 3}
 REGIMES: dict[str, dict[str, Any]] = {
-    "quick": {"steps": 50, "lr": 1e-3},
+    "old-quick": {"steps": 50, "lr": 1e-3},
     "shared-init": {"steps": 50, "lr": 1e-3, "shared_init": True},
-    "lr3e-3": {"steps": 50, "lr": 3e-3},
-    "long": {"steps": 200, "lr": 3e-3},
-    "long-16scenes": {"steps": 200, "lr": 3e-3, "scenes": 16},
-    "long-small-init": {"steps": 200, "lr": 3e-3, "init_scale": 0.1},
-    "long-tiny-init": {"steps": 200, "lr": 3e-3, "init_scale": 0.01},
-    "small-init": {"steps": 100, "lr": 3e-3, "init_scale": 0.1},
+    "default-init-200": {"steps": 200, "lr": 3e-3},
+    "small-init-200": {"steps": 200, "lr": 3e-3, "init_scale": 0.1},
+    "tiny-init-200": {"steps": 200, "lr": 3e-3, "init_scale": 0.01},
     "tiny-init": {"steps": 100, "lr": 3e-3, "init_scale": 0.01},
-    "tiny-init-16scenes": {"steps": 100, "lr": 3e-3, "init_scale": 0.01, "scenes": 16},
     "tiny-init-lr1e-2": {"steps": 100, "lr": 1e-2, "init_scale": 0.01},
-    "tiny-init-32scenes": {"steps": 100, "lr": 3e-3, "init_scale": 0.01, "scenes": 32},
-    "tiny-init-64scenes": {"steps": 100, "lr": 3e-3, "init_scale": 0.01, "scenes": 64},
-    "tiny-init-16scenes-200": {"steps": 200, "lr": 3e-3, "init_scale": 0.01, "scenes": 16},
-    "tiny-init-5groups": {"steps": 100, "lr": 3e-3, "init_scale": 0.01, "groups": 5},
-    "long-5groups": {"steps": 200, "lr": 3e-3, "groups": 5},
-    "longer": {"steps": 400, "lr": 3e-3},
+    "tiny-init-16": {"steps": 100, "lr": 3e-3, "init_scale": 0.01, "scenes": 16},
+    "tiny-init-16-200": {"steps": 200, "lr": 3e-3, "init_scale": 0.01, "scenes": 16},
+    "tiny-init-32": {"steps": 100, "lr": 3e-3, "init_scale": 0.01, "scenes": 32},
+    "quick": {},
 }
+
+
+def regime(name: str) -> dict[str, Any]:
+    """A regime's full settings; ``quick`` is the quick preset's own mining."""
+    if name != "quick":
+        return {**BASE, **REGIMES[name]}
+    from sweeps.config import load_preset
+
+    p = load_preset("quick")
+    m = p.mining
+    return {**BASE, "scenes": p.scenes["mine"], "views": p.views, "size": p.size,
+            "groups": p.groups, "steps": m["steps"], "lr": m["lr"], "rank": m["rank"],
+            "batch_size": m["batch_size"], "init_scale": m["init_scale"]}
 
 
 def _mine(job: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +85,7 @@ def run_regime(name: str, root: Path, weights: str | None, cache: str, workers: 
     from attrsub.mine import find_adapters
     from attrsub.subspace import ExtractConfig
 
-    spec = {**BASE, **REGIMES[name]}
+    spec = regime(name)
     groups = spec.pop("groups")
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +111,30 @@ def run_regime(name: str, root: Path, weights: str | None, cache: str, workers: 
     }
 
 
+def zero_shot(weights: str | None, cache: str, scenes: int = 32) -> None:
+    """The base's error on held-out canonical scenes beside each family's extremes: the
+    families must leave the world the base was pretrained on."""
+    import torch
+
+    from attrsub.base import load_base
+    from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
+    from attrsub.evaluate import evaluate
+    from attrsub.factors import CANONICAL
+
+    torch.set_num_threads(2)
+    model = load_base("vggt-tiny", weights).model
+    spec = regime("quick")
+    keys = ("depth_absrel", "depth_delta1", "cam_auc30", "pc_acc")
+    print(f"zero-shot base, {scenes} held-out scenes (seed 10000) at {spec['size']} px:")
+    print(f"  {'family':<10}" + "".join(f"{k:>14}" for k in keys))
+    for f in (CANONICAL, *FACTORS):
+        ds = SceneDataset(render_factor_dataset(
+            DatasetSpec(f, scenes=scenes, views=spec["views"], size=spec["size"], seed=10_000),
+            cache))
+        m = evaluate(model, ds)
+        print(f"  {f:<10}" + "".join(f"{m[k]:>14.4f}" for k in keys), flush=True)
+
+
 def _fmt(r: dict[str, Any]) -> str:
     c = r["claim"]
     parts = [f"{r['regime']:<16}"]
@@ -124,6 +156,9 @@ def main() -> None:
     ap.add_argument("--regime", action="append", default=None,
                     help=f"one of {', '.join(REGIMES)} (repeatable; default: quick)")
     ap.add_argument("--list", action="store_true", help="print the regimes and exit")
+    ap.add_argument("--all", action="store_true", help="run every regime")
+    ap.add_argument("--zero-shot", action="store_true",
+                    help="first, the base's error on canonical scenes and on each family")
     ap.add_argument("--weights", default=None, help="base weights (default: shipped)")
     ap.add_argument("--out", default="bench-mining", help="adapters and results, per regime")
     ap.add_argument("--cache", default=None, help="dataset cache (default: <out>/cache)")
@@ -131,15 +166,17 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=2000)
     args = ap.parse_args()
     if args.list:
-        for name, spec in REGIMES.items():
-            print(f"{name:<16} {json.dumps({**BASE, **spec})}")
+        for name in REGIMES:
+            print(f"{name:<16} {json.dumps(regime(name))}")
         return
-    names = args.regime or ["quick"]
+    names = list(REGIMES) if args.all else args.regime or ["quick"]
     bad = [n for n in names if n not in REGIMES]
     if bad:
         ap.error(f"unknown regime(s) {bad}; valid: {', '.join(REGIMES)}")
     root = Path(args.out)
     cache = args.cache or str(root / "cache")
+    if args.zero_shot:
+        zero_shot(args.weights, cache)
     results = []
     for name in names:
         r = run_regime(name, root, args.weights, cache, args.workers, args.permutations)

@@ -67,7 +67,8 @@ def finetune_jobs(preset: Preset) -> list[dict[str, Any]]:
         for seed in preset.seeds:
             for method in preset.methods:
                 jobs.append({**base, "axis": "main", "task": task, "method": method, "seed": seed})
-            if "reduced" not in preset.methods or seed not in preset.ablation_seeds:
+            if ("reduced" not in preset.methods or seed not in preset.ablation_seeds
+                    or task not in preset.ablation_tasks):
                 continue
             variants = (
                 [("ranks", {"rank": r}) for r in preset.ablation_ranks if r != preset.rank]

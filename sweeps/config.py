@@ -131,9 +131,10 @@ class Preset:
     ablation_subsets: tuple[tuple[str, ...], ...]
     ablation_ortho: tuple[str, ...]
     ablation_extraction: tuple[str, ...]
-    # the seeds the ablation variants run on (default: every downstream seed); the main
-    # method comparison, which the claims rest on, keeps all seeds
+    # the seeds and tasks the ablation variants run on (default: every downstream seed and
+    # task); the main method comparison, which the claims rest on, keeps them all
     ablation_seeds: tuple[int, ...]
+    ablation_tasks: tuple[str, ...]
     resources: dict[str, dict[str, float]]  # stage ("mine", "finetune") -> {"cpu", "gpu"}
     search: SearchConfig | None = None  # the optional ``search:`` section (sweeps/search.py)
     lr_search: LrSearch | None = None  # the optional ``downstream.lr_search`` (None: off)
@@ -232,7 +233,7 @@ def from_dict(name: str, raw: Any) -> Preset:
     except TypeError as exc:
         raise ConfigError(f"{where}.extraction: {exc}") from exc
     down = _section(raw, "downstream", _DOWN, where, optional=frozenset({"lr_search"}))
-    abl = _section(raw, "ablation", _ABLATION, where, optional=frozenset({"seeds"}))
+    abl = _section(raw, "ablation", _ABLATION, where, optional=frozenset({"seeds", "tasks"}))
     res = _section(raw, "resources", _STAGES, where)
     resources = {}
     for stage in sorted(_STAGES):
@@ -278,6 +279,9 @@ def from_dict(name: str, raw: Any) -> Preset:
         if stray:
             raise ConfigError(f"{where}.ablation.seeds {stray} are not downstream seeds "
                               f"{list(seeds)}; ablation variants are compared on those")
+    ablation_tasks = tasks
+    if abl.get("tasks") is not None:
+        ablation_tasks = _names(abl["tasks"], tasks, f"{where}.ablation task(s)")
     if not isinstance(raw["random_init"], bool):
         raise ConfigError(f"{where}: random_init must be true or false")
     preset = Preset(
@@ -308,6 +312,7 @@ def from_dict(name: str, raw: Any) -> Preset:
             f"{where} extraction method(s)",
         ),
         ablation_seeds=ablation_seeds,
+        ablation_tasks=ablation_tasks,
         resources=resources,
     )
     for task in preset.tasks:

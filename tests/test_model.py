@@ -139,6 +139,22 @@ def test_heads_can_be_disabled() -> None:
     assert set(out) == {"pose_enc", "pose_enc_list", "depth", "depth_conf"}
 
 
+def test_heads_run_only_when_asked(tiny: VGGT) -> None:
+    """A forward may run a subset of the enabled heads (the paper's downstream runs keep the
+    camera and depth heads); what it runs equals the full forward's outputs."""
+    images = torch.rand(1, 2, 3, 56, 56)
+    with torch.no_grad():
+        full = tiny(images)
+        some = tiny(images, heads=("camera", "depth"))
+        depth_only = tiny(images, heads=["depth"])
+    assert set(some) == {"pose_enc", "pose_enc_list", "depth", "depth_conf"}
+    assert set(depth_only) == {"depth", "depth_conf"}
+    assert torch.equal(some["depth"], full["depth"])
+    assert torch.equal(some["pose_enc"], full["pose_enc"])
+    with pytest.raises(ConfigError, match="unknown head"):
+        tiny(images, heads=("depth", "normals"))
+
+
 def test_track_head_outputs() -> None:
     torch.manual_seed(0)
     model = build("vggt-tiny", track_head=True).eval()

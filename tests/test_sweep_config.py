@@ -53,6 +53,13 @@ def test_unknown_preset_lists_valid() -> None:
         (("downstream", "lr_search"), {"trials": 3, "seed": 0}, "one of the study's seeds"),
         (("downstream", "lr_search"), {"trials": 3, "steps": 9}, "unknown key"),
         (("downstream", "lr_search"), None, None),
+        (("downstream", "lr"), float("inf"), "positive finite"),
+        (("mining", "init_scale"), 0, "init_scale must be a positive"),
+        (("mining", "init_scale"), 0.01, None),
+        (("ablation", "seeds"), [7], "not downstream seeds"),
+        (("ablation", "seeds"), [0], None),
+        (("ablation", "tasks"), ["cross_domain"], "ablation task"),
+        (("ablation", "tasks"), ["print_attack"], None),
     ],
 )
 def test_bad_fields_are_named(raw: dict, path: tuple, value: object, match: str | None) -> None:
@@ -92,6 +99,17 @@ def test_jobs_have_unique_ids_and_cover_axes() -> None:
     assert len(ids) == len(set(ids))
     assert {j["axis"] for j in jobs} == {"main", "ranks", "subsets", "ortho", "extraction"}
     assert all(j["method"] == "reduced" for j in jobs if j["axis"] != "main")
+
+
+def test_ablation_variants_run_on_their_seeds_and_tasks_only() -> None:
+    """The main comparison keeps every task and seed; the ablation axes only theirs."""
+    p = load_preset("quick")
+    jobs = finetune_jobs(p)
+    main_jobs = [j for j in jobs if j["axis"] == "main"]
+    assert {(j["task"], j["seed"]) for j in main_jobs} == set(itertools.product(p.tasks, p.seeds))
+    variants = [j for j in jobs if j["axis"] != "main"]
+    assert variants and {j["task"] for j in variants} == set(p.ablation_tasks)
+    assert {j["seed"] for j in variants} == set(p.ablation_seeds) < set(p.seeds)
 
 
 def test_stage_two_starts_longest_trials_first() -> None:

@@ -25,6 +25,7 @@ from attrsub.tasks import (
     is_print,
     planarity,
     plane_fit_residual,
+    run_split,
     scene_shapes,
     scene_textures,
     select_threshold,
@@ -185,3 +186,22 @@ def test_evaluate_random_model_gives_finite_metrics(name: str, tmp_path: Path) -
     folders = {p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir()}
     used = {*splits, "train"} if name == "print_attack" else set(splits)
     assert folders == {f"task-{name}-{s}" for s in used}
+
+
+def test_batched_evaluation_equals_one_scene_at_a_time(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenes are evaluated EVAL_BATCH per forward; every per-scene number is the same."""
+    import attrsub.tasks as tasks
+
+    torch.manual_seed(0)
+    model = build("vggt-tiny")
+    task = _print_task()
+    data = task.eval_data(tmp_path, SMALL)["test"]
+    batched, stats = run_split(model, data, torch.device("cpu"), task.sample_stats)
+    monkeypatch.setattr(tasks, "EVAL_BATCH", 1)
+    single, stats1 = run_split(model, data, torch.device("cpu"), task.sample_stats)
+    assert batched.keys() == single.keys()
+    for k in batched:
+        assert batched[k] == pytest.approx(single[k], rel=1e-4, abs=1e-6), k
+    assert [s["planarity"] for s in stats] == pytest.approx(
+        [s["planarity"] for s in stats1], rel=1e-4)
