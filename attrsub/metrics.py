@@ -10,7 +10,6 @@ import math
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from attrsub.align import DEPTH_ALIGN_MODES, align_depth, icp, nearest_neighbors, umeyama
 from attrsub.errors import ConfigError
@@ -66,7 +65,9 @@ def point_map_normals(
     """Unit normals [..., H, W, 3] of a point map from its image-grid neighbours.
 
     Central differences (right - left) x (down - up); a normal is valid where the pixel and its
-    four neighbours are valid and the cross product is not degenerate. Border pixels have none.
+    four neighbours are valid and the cross product is not degenerate: the two differences
+    are non-zero and not parallel (|dx x dy| > 1e-9 |dx| |dy|, a test that does not depend on
+    the map's scale, which a prediction up to scale may make tiny). Border pixels have none.
     Sign is arbitrary, which is why normal consistency uses |cos|.
     """
     if points.shape[:-1] != valid.shape or points.shape[-1] != 3:
@@ -81,15 +82,17 @@ def point_map_normals(
     dy = points[..., 2:, 1:-1, :] - points[..., :-2, 1:-1, :]
     n = torch.linalg.cross(dx, dy, dim=-1)
     length = n.norm(dim=-1)
+    scale = dx.norm(dim=-1) * dy.norm(dim=-1)
     inner = (
         v[..., 1:-1, 1:-1]
         & v[..., 1:-1, 2:]
         & v[..., 1:-1, :-2]
         & v[..., 2:, 1:-1]
         & v[..., :-2, 1:-1]
-        & (length > 1e-12)
+        & (length > 1e-9 * scale)
+        & (scale > 0)
     )
-    normals[..., 1:-1, 1:-1, :] = F.normalize(n, dim=-1, eps=1e-12)
+    normals[..., 1:-1, 1:-1, :] = n / length.clamp_min(torch.finfo(n.dtype).tiny)[..., None]
     ok[..., 1:-1, 1:-1] = inner
     return normals, ok
 

@@ -125,6 +125,22 @@ def plane_map(h: int = 12, w: int = 12, tilt_deg: float = 0.0) -> torch.Tensor:
     return pts @ tilt.T
 
 
+def test_normals_do_not_depend_on_the_scale_of_the_map() -> None:
+    """A prediction up to scale may be tiny (a fine-tuned depth head near zero): its normals,
+    and so NC, must not vanish because the map is small."""
+    from attrsub.metrics import point_map_normals
+
+    pts = torch.randn(1, 8, 8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    normals, ok = point_map_normals(pts, valid)
+    for scale in (1e-4, 1e-9, 1e-30):
+        small, small_ok = point_map_normals(pts * scale, valid)
+        assert torch.equal(small_ok, ok)
+        assert torch.allclose(small[ok], normals[ok], atol=1e-12)
+    # every column the same: dx = 0 everywhere, so no normal anywhere
+    assert not point_map_normals(pts[..., :1, :].expand(1, 8, 8, 3), valid)[1].any()
+
+
 def test_normal_consistency_of_tilted_plane() -> None:
     gt = plane_map()
     pred = plane_map(tilt_deg=30.0)

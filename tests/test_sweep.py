@@ -49,7 +49,11 @@ def _check_tables(study_dir: Path) -> pd.DataFrame:
     for task, rows in ft.groupby("task"):  # each task's own metrics, all finite
         metrics = [c for c in rows.columns if "__" in c and rows[c].notna().any()] + ["main"]
         assert "test__depth_absrel" in metrics
-        assert all(math.isfinite(v) for v in rows[metrics].to_numpy().ravel()), task
+        # pc_nc alone may be null: clouds are depth unprojected with the predicted cameras,
+        # and a random-init smoke model can predict a field of view of 0, whose cloud is a
+        # line with no surface normals (Acc and Comp are still defined)
+        finite = [c for c in metrics if not c.endswith("__pc_nc")]
+        assert all(math.isfinite(v) for v in rows[finite].to_numpy().ravel()), task
     assert (ft.set_index("method").trainable_params.loc["none"] == 0).all()
     # every trained method ran at the rate its learning-rate search found best
     lr_rows = trials[trials.axis == "lr"]
