@@ -374,17 +374,26 @@ def _main_tasks(trials: pd.DataFrame) -> list[str]:
     return sorted(str(x) for x in t["task"].dropna().unique())
 
 
+def _pairable_trials(tables: dict[str, pd.DataFrame | None], why: dict[str, str]
+                     ) -> tuple[pd.DataFrame | None, str]:
+    """The trials table when it can be paired on seeds, else None and why not."""
+    t = tables["trials"]
+    if t is None:
+        return None, why["trials"]
+    absent = _missing_columns(t, PAIR_NEEDED)
+    if absent:
+        return None, f"the trials table lacks column(s) {', '.join(absent)}"
+    return t, ""
+
+
 def _claim3(tables: dict[str, pd.DataFrame | None], why: dict[str, str]
             ) -> tuple[str, str, str]:
     null = ("each baseline on the same seeds (same scenes and batches): the 95% Student-t CI "
             "over seeds of the per-seed difference must exclude 0 in reduced's favour; and "
             "reduced's trainable parameters at most 1/4 of LoRA's.")
-    t = tables["trials"]
+    t, problem = _pairable_trials(tables, why)
     if t is None:
-        return NOT_MEASURED, why["trials"], null
-    absent = _missing_columns(t, PAIR_NEEDED)
-    if absent:
-        return NOT_MEASURED, f"the trials table lacks column(s) {', '.join(absent)}", null
+        return NOT_MEASURED, problem, null
     tasks = [x for x in _main_tasks(t) if x != REAL_TASK]
     judged: list[str] = []
     holding, parts, param_notes, testable = [], [], [], 0
@@ -434,12 +443,9 @@ def _claim4(tables: dict[str, pd.DataFrame | None], why: dict[str, str]
             ) -> tuple[str, str, str]:
     null = ("zero-shot (no fine-tuning) and LoRA on the same seeds: reduced - none must "
             "exclude 0 in reduced's favour, reduced - lora must not exclude 0 against it.")
-    t = tables["trials"]
+    t, problem = _pairable_trials(tables, why)
     if t is None:
-        return NOT_MEASURED, why["trials"], null
-    absent = _missing_columns(t, PAIR_NEEDED)
-    if absent:
-        return NOT_MEASURED, f"the trials table lacks column(s) {', '.join(absent)}", null
+        return NOT_MEASURED, problem, null
     if REAL_TASK not in _main_tasks(t):
         return NOT_MEASURED, f"no successful main-axis trials of task `{REAL_TASK}`", null
     lower = lower_is_better(REAL_TASK)

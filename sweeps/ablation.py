@@ -234,19 +234,6 @@ _TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", 
               "trial_wall_s", "experiment_tag", "step", "loss"}
 
 
-def _mean_ci(vals: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% Student-t confidence interval (NaN for n < 2)."""
-    from scipy import stats
-
-    if not vals:
-        return math.nan, math.nan
-    mean = statistics.fmean(vals)
-    if len(vals) < 2:
-        return mean, math.nan
-    return mean, float(stats.t.ppf(0.975, len(vals) - 1)) * statistics.stdev(vals) / math.sqrt(
-        len(vals))
-
-
 def summary(rows: list[dict[str, Any]]) -> str:
     """Per task: method -> main metric (mean ± 95% CI over seeds), trainable parameters,
     learning rate (tuned, with lr_search), wall time; then the reduced method's ablation
@@ -257,7 +244,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
     from attrsub.methods import METHODS
     from attrsub.tasks import get_task
-    from results.claims import PAIR_NEEDED, fmt_difference, paired_differences
+    from results.claims import PAIR_NEEDED, fmt_difference, mean_ci, paired_differences
 
     ok = [r for r in rows if r["stage"] == "finetune" and r["status"] == "ok"]
     frame = pd.DataFrame(rows)
@@ -282,7 +269,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
         order = {m: i for i, m in enumerate(METHODS)}
         for label, rs in sorted(groups.items(),
                                 key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
-            mean, ci = _mean_ci([r["main"] for r in rs if r.get("main") is not None])
+            mean, ci, _ = mean_ci([r["main"] for r in rs if r.get("main") is not None])
             wall = statistics.fmean(r["wall_s"] or 0.0 for r in rs)
             lr = f"{rs[0]['lr']:.3g}" if rs[0].get("lr") is not None else "-"
             lines.append(f"  {label:<34}{mean:>9.4f} {ci:<8.4f}{len(rs):>3}"

@@ -28,6 +28,22 @@ def test_render_then_show_writes_a_readable_contact_sheet(
         assert im.format == "PNG" and im.width > 300 and im.height > 300
 
 
+def test_show_families_puts_the_canonical_world_and_every_family_on_one_sheet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sheet = tmp_path / "families.png"
+    args = ["show", "--families", "--scenes", "1", "--views", "2", "--size", "28",
+            "--cache", str(tmp_path / "cache"), "--out", str(sheet)]
+    assert main(args) == 0
+    rendered = sorted(p.name.split("-g")[0] for p in (tmp_path / "cache").iterdir())
+    assert rendered == ["camera", "canonical", "geometry", "lighting", "texture"]
+    with Image.open(sheet) as im:  # five rows: canonical, then each family
+        assert im.format == "PNG" and im.height > im.width
+    capsys.readouterr()
+    assert main(["show", "--out", str(sheet)]) == 2
+    assert "a dataset folder or --families" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
