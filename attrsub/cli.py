@@ -192,7 +192,7 @@ def cmd_bank_info(args: argparse.Namespace) -> int:
         print(f"  claim 1 (attribute subspaces exist): {claim['verdict']}")
         for side in ("col", "row"):
             c = claim[side]
-            line = f"    {side} space: "
+            line = f"    {side} space ({c['status']}): "
             if c["overlap_within"] is not None:
                 line += (f"adapter overlap within {c['overlap_within']:.3f} vs cross "
                          f"{c['overlap_cross']:.3f} (random {c['overlap_random']:.3f}, "

@@ -119,6 +119,17 @@ def test_cli_bank_build_and_info(
     text = capsys.readouterr().out
     assert "geometry" in text and "texture" in text and "32 layers" in text
     assert "geometry-texture" in text and "spectral cliff" in text
+    # claim 1's evidence is stored in the bank and printed with its nulls and a verdict
+    assert "claim 1 (attribute subspaces exist):" in text and "permutation p" in text
+    assert "col space (" in text and "row space (" in text and "held-out energy" in text
+    info = summary(load_bank(out))
+    assert info["claim1"]["verdict"] in ("holds", "holds on the col side only",
+                                         "holds on the row side only", "does not hold")
+    assert main(["bank", "build", "--adapters", str(adapters), "--out", str(out),
+                 "--permutations", "0"]) == 0  # no evidence: said, not invented
+    capsys.readouterr()
+    assert main(["bank", "info", str(out)]) == 0
+    assert "no evidence stored" in capsys.readouterr().out
     info = summary(load_bank(out))
     assert 0.0 <= info["pairs"]["geometry-texture"]["scale_inv_distance"] <= 1.0
     assert main(["bank", "build", "--adapters", str(tmp_path), "--out", str(out)]) == 2
