@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render a factor dataset into the cache")
     p.add_argument("--factor", required=True, help=f"one of {', '.join((*FACTORS, CANONICAL))}")
-    p.add_argument("--group", type=int, default=0, help="group seed of the narrow base draw")
+    p.add_argument("--group", type=int, default=0, help="which dataset of the family")
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--views", type=int, default=4)
     p.add_argument("--size", type=int, default=112, help="image size, a multiple of 14")
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=None, help="--families: dataset cache")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("pretrain", help="pretrain a base model on the broad distribution")
+    p = sub.add_parser("pretrain", help="pretrain a base model on the canonical distribution")
     p.add_argument("--config", default="vggt-tiny", choices=sorted(CONFIGS))
     p.add_argument("--scenes", type=int, default=512)
     p.add_argument("--steps", type=int, default=1500)

@@ -11,7 +11,7 @@ size; label permutations), and the ``shared-init`` regime (one init for every ad
 mining before keyed inits) is the artifact baseline.
 
 Run from the repository root: ``python bench/mining.py --regime quick --regime shared-init``
-(``--list`` names the regimes, ``--all`` runs every one, about 15 minutes on 2 cores).
+(``--list`` names the regimes, ``--all`` runs every one, about 17 minutes on 2 cores).
 Adapters are kept under ``--out`` per regime, so a rerun only measures.
 """
 
