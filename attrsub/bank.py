@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
-from attrsub.fsio import atomic_path
+from attrsub.fsio import atomic_path, read_safetensors
 from attrsub.integrate import IntegratedBasis, integrate_all
 from attrsub.subspace import ExtractConfig, LayerSubspace
 
@@ -174,13 +173,19 @@ def save_bank(bank: Bank, path: str | os.PathLike[str]) -> Path:
 
 
 def read_record(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    p = Path(path)
+    meta, tensors = read_safetensors(p, "subspace bank")
+    if META_KEY not in meta:
+        raise DataError(
+            f"{str(p)!r} is not a subspace bank: a safetensors file without the {META_KEY!r} "
+            f"record (an adapter's weights?); make a bank with `attrsub bank build`"
+        )
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a handle, not a dict)
         record = json.loads(meta[META_KEY])
-    except Exception as exc:  # safetensors, JSON and key errors all mean a damaged bank
-        raise DataError(f"subspace bank {str(path)!r} is missing or corrupt: {exc}") from exc
+        record["base"]["weights_hash"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"subspace bank {str(p)!r} has a damaged {META_KEY!r} record: {exc!r}"
+                        ) from exc
     return record, tensors
 
 

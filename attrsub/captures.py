@@ -72,7 +72,7 @@ from PIL import Image
 from attrsub.debfetch import require_real_data
 from attrsub.errors import ConfigError, DataError
 from attrsub.folders import MANIFEST, assemble_sample
-from attrsub.fsio import publish_dir, write_json
+from attrsub.fsio import check_creatable, publish_dir, write_json
 from attrsub.size import check_size
 
 SOURCES = ("castel", "chessboard", "aloe")
@@ -568,4 +568,17 @@ def export_all(
     out: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None, *, views: int = 4
 ) -> dict[str, Path]:
     """Every source as its own bring-your-own folder ``out/<source>``."""
+    check_export(out, views)
     return {s: export_folder(load_captures(s, cache, views=views), Path(out) / s) for s in SOURCES}
+
+
+def check_export(out: str | os.PathLike[str], views: int = 4) -> None:
+    """ConfigError, before any capture is read, when ``export_all`` could not write ``out``."""
+    castel_windows(views)
+    root = check_creatable(out, "--export")
+    taken = [s for s in SOURCES if (root / s).exists()]
+    if taken:
+        raise ConfigError(
+            f"--export {str(root)!r} already holds {', '.join(taken)} (an earlier export?); "
+            f"choose a new folder"
+        )

@@ -31,9 +31,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from attrsub import __version__
+from attrsub.checks import check_render_fits
 from attrsub.errors import ConfigError, DataError
 from attrsub.factors import CANONICAL, FACTORS, FactorSpec, sample_scenes
-from attrsub.fsio import ensure_writable_dir, publish_dir, write_json
+from attrsub.fsio import check_creatable, publish_dir, write_json
 from attrsub.render import OUTPUT_KEYS, RENDER_VERSION, render
 from attrsub.scene import SceneSpec
 from attrsub.size import check_size
@@ -123,10 +124,11 @@ def build_dataset(
     check_size(size)
     if not scenes:
         raise ConfigError("a dataset needs at least one scene, got 0")
-    root = ensure_writable_dir(root if root is not None else default_cache_root(), "dataset root")
+    root = check_creatable(root if root is not None else default_cache_root(), "dataset root")
     dest = root / f"{label}-{dataset_key(scenes, size)[:16]}"
     if (dest / "spec.json").is_file():
         return dest
+    check_render_fits(len(scenes), scenes[0].views, size, root)
 
     def fill(tmp: Path) -> None:
         shard_sizes: list[int] = []
@@ -166,7 +168,14 @@ def render_factor_dataset(
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Render (or find in the cache) the factor dataset ``spec`` describes."""
+    """Render (or find in the cache) the factor dataset ``spec`` describes.
+
+    Sizes that cannot fit in memory or on the cache's disk are refused before any scene is
+    drawn, unless the dataset is already cached.
+    """
+    cache = Path(root) if root is not None else default_cache_root()
+    if not _is_cached(spec, cache):
+        check_render_fits(spec.scenes, spec.views, spec.size, cache)
     scenes = sample_scenes(spec.factor_spec())
     return build_dataset(
         scenes,
@@ -177,6 +186,19 @@ def render_factor_dataset(
         device=device,
         progress=progress,
     )
+
+
+def _is_cached(spec: DatasetSpec, root: Path) -> bool:
+    """Whether a dataset of ``spec`` is in the cache at ``root`` (read from its spec.json)."""
+    want = spec.to_dict()
+    for folder in root.glob(f"{spec.label}-*"):
+        try:
+            info = json.loads((folder / "spec.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("meta", {}).get("spec") == want:
+            return True
+    return False
 
 
 def _to_store(key: str, value: torch.Tensor) -> torch.Tensor:
@@ -196,6 +218,8 @@ def find_datasets(path: str | os.PathLike[str]) -> list[Path]:
         found = sorted(c for c in p.iterdir() if (c / "spec.json").is_file())
         if found:
             return found
+    elif not p.exists():
+        raise DataError(f"dataset folder {str(p)!r} does not exist")
     raise DataError(
         f"no rendered dataset at {str(p)!r} (expected a folder with spec.json, or a folder "
         f"of such folders); create one with `attrsub render --factor texture --out {p}`"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from attrsub.data import default_cache_root
 from attrsub.errors import DataError
-from attrsub.fsio import ensure_writable_dir, publish_dir, write_json
+from attrsub.fsio import check_creatable, publish_dir, write_json
 
 PACKAGES = ("visp-images-data", "opencv-doc")
 # The package versions SHA256 was recorded from.
@@ -282,12 +282,16 @@ def fetch_real(
 ) -> Path:
     """Download (or take ``debs``), unpack, verify and cache the real captures; returns their
     folder. A complete folder already there is returned at once."""
+    for deb in debs:
+        if not Path(deb).is_file():
+            what = "is a folder" if Path(deb).is_dir() else "does not exist"
+            raise DataError(f"--debs file {str(deb)!r} {what}; give the downloaded .deb files")
     dest = real_data_dir(cache)
     if (dest / MANIFEST).is_file():
         return require_real_data(cache)
     if dest.exists():
         raise DataError(f"{str(dest)!r} exists but is incomplete; delete it and fetch again")
-    ensure_writable_dir(dest.parent, "cache root")
+    check_creatable(dest.parent, "cache root")
     with tempfile.TemporaryDirectory(prefix="attrsub-real-") as work:
         tmp = Path(work)
         files = [Path(d) for d in debs] if debs else _download(tmp)
@@ -300,7 +304,8 @@ def fetch_real(
         for deb in files:
             result = _run(["dpkg", "-x", str(deb), str(unpacked)], tmp)
             if result.returncode != 0:
-                raise DataError(f"`dpkg -x {deb}` failed: {result.stderr.strip()}")
+                why = " | ".join(result.stderr.strip().splitlines())
+                raise DataError(f"{str(deb)!r} is not a Debian package `dpkg -x` can unpack: {why}")
         versions = {f.name.split("_")[0]: f.name.split("_")[1] for f in files}
 
         def fill(folder: Path) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 from attrsub.align import DEPTH_ALIGN_MODES
 from attrsub.data import SceneDataset, collate, find_datasets
 from attrsub.errors import ConfigError, DataError
-from attrsub.folders import FolderDataset, is_folder_dataset
+from attrsub.folders import MANIFEST, FolderDataset, is_folder_dataset
 from attrsub.metrics import evaluate_batch
 
 
@@ -25,7 +25,14 @@ def open_data(path: str | os.PathLike[str], size: int = 112) -> torch.utils.data
         raise DataError(f"data folder {str(p)!r} does not exist")
     if is_folder_dataset(p):
         return FolderDataset(p, size=size)
-    found = find_datasets(p)
+    try:
+        found = find_datasets(p)
+    except DataError as exc:
+        raise DataError(
+            f"{str(p)!r} is neither a rendered dataset (no spec.json in it or its sub-folders) "
+            f"nor a bring-your-own folder (no {MANIFEST}, the manifest that gives depth_unit; "
+            f"see attrsub.folders for the layout)"
+        ) from exc
     if len(found) > 1:
         names = ", ".join(f.name for f in found[:5])
         raise DataError(f"{str(p)!r} holds {len(found)} datasets ({names}...); name one")

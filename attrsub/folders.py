@@ -48,6 +48,11 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise DataError(f"{root} has no {MANIFEST}; see attrsub.folders for the layout") from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"{root / MANIFEST} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise DataError(
+            f"{root / MANIFEST} must be a JSON object like {{\"depth_unit\": 0.001, "
+            f"\"invalid_depth\": 0}}, got a {type(manifest).__name__}"
+        )
     unit = manifest.get("depth_unit")
     if not isinstance(unit, (int, float)) or not unit > 0:
         raise DataError(
@@ -65,14 +70,51 @@ def _find(folder: Path, stem: str, exts: tuple[str, ...]) -> Path | None:
     return None
 
 
+def _read_image(path: Path, rgb: bool = False) -> np.ndarray:
+    """An image file as an array (``rgb``: converted to 8-bit RGB), or DataError naming the
+    file (PIL's errors do not)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB") if rgb else img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"image {str(path)!r} cannot be read: {exc}") from exc
+
+
 def _load_depth(path: Path, unit: float, invalid: float) -> np.ndarray:
-    raw = np.load(path) if path.suffix == ".npy" else np.asarray(Image.open(path))
+    if path.suffix == ".npy":
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"depth map {str(path)!r} is not a plain numeric .npy array (object arrays and "
+                f"pickles are refused): {exc}"
+            ) from exc
+    else:
+        raw = _read_image(path)
+    if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
+        raise DataError(f"depth map {str(path)!r} holds {raw.dtype} values, not numbers")
     raw = raw.astype(np.float64)
     if raw.ndim != 2:
         raise DataError(f"depth map {path} must be single-channel, got shape {raw.shape}")
     depth = raw * unit
     depth[(raw == invalid) | ~np.isfinite(raw) | (depth <= 0)] = 0.0
     return depth.astype(np.float32)
+
+
+def _camera(entry: Any, path: Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """A frame's K and extrinsics from cameras.json, or DataError naming what is missing."""
+    if not isinstance(entry, dict) or "K" not in entry or "extrinsics" not in entry:
+        keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise DataError(
+            f"{str(path)!r} frame {stem!r} needs 'K' (3x3) and 'extrinsics' (3x4), has {keys}"
+        )
+    try:
+        return (np.asarray(entry["K"], dtype=np.float64),
+                np.asarray(entry["extrinsics"], dtype=np.float64))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{str(path)!r} frame {stem!r}: K and extrinsics must be numbers: {exc}"
+                        ) from exc
 
 
 def crop_resize(
@@ -124,7 +166,7 @@ def load_folder_sample(
                 f"frame {stem!r} of {sample} has no depth map: expected depth/{stem}.png "
                 f"(16-bit) or depth/{stem}.npy"
             )
-        rgb = np.asarray(Image.open(_find(rgb_dir, stem, IMAGE_EXTS)).convert("RGB"))
+        rgb = _read_image(_find(rgb_dir, stem, IMAGE_EXTS), rgb=True)
         depth = _load_depth(dpath, unit, invalid)
         if rgb.shape[:2] != depth.shape:
             raise DataError(
@@ -135,13 +177,17 @@ def load_folder_sample(
         if cams is not None:
             if stem not in cams:
                 raise DataError(f"{sample / 'cameras.json'} has no entry for frame {stem!r}")
-            K = np.asarray(cams[stem]["K"], dtype=np.float64)
-            E = np.asarray(cams[stem]["extrinsics"], dtype=np.float64)
+            K, E = _camera(cams[stem], sample / "cameras.json", stem)
             if K.shape != (3, 3) or E.shape != (3, 4):
                 raise DataError(
                     f"{sample / 'cameras.json'} frame {stem!r}: K must be 3x3 and "
                     f"extrinsics 3x4, got {K.shape} and {E.shape}"
                 )
+        if not (depth > 0).any():
+            raise DataError(
+                f"frame {stem!r} of sample {sample.name!r} ({str(dpath)!r}) has no valid depth "
+                f"pixel (all NaN, infinite, zero or equal to invalid_depth {invalid:g})"
+            )
         images.append(rgb)
         depths.append(depth)
         Ks.append(K)

@@ -11,11 +11,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from attrsub.errors import ConfigError
+from attrsub.errors import ConfigError, DataError
 
 # mkstemp creates files readable by their owner only; published files get the usual mode.
 _UMASK = os.umask(0)
@@ -37,6 +37,56 @@ def ensure_writable_dir(path: str | os.PathLike[str], what: str = "output folder
     if not os.access(p, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {str(p)!r} is not writable; choose a folder you can write to")
     return p
+
+
+def check_creatable(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Raise ConfigError unless ``path`` is, or could be made, a writable folder.
+
+    Nothing is created, so a command refused later leaves no trace; the folder is made
+    when the first result is written.
+    """
+    folder = Path(path).expanduser()
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"{what} {str(folder)!r} cannot be created: {str(p)!r} is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {str(folder)!r} is not writable; choose a folder you can "
+                          f"write to")
+    return folder
+
+
+def check_new_file(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Raise ConfigError unless a file could be written at ``path`` (its folder need not exist)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{what} {str(p)!r} is a folder; give a file name")
+    check_creatable(p.parent, f"{what} folder")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ConfigError(f"{what} {str(p)!r} is not writable; choose a file you can write to")
+    return p
+
+
+def missing_dirs(paths: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
+    """The folders ``paths`` and their ancestors that do not exist yet, deepest first."""
+    out: list[Path] = []
+    for path in paths:
+        if path is None:
+            continue
+        p = Path(path).expanduser().absolute()
+        while not p.exists() and p != p.parent:
+            out.append(p)
+            p = p.parent
+    return sorted(set(out), key=lambda q: len(q.parts), reverse=True)
+
+
+def remove_if_empty(folders: Iterable[Path]) -> None:
+    """Remove each of ``folders`` that is (now) empty, deepest first: what a failed command
+    made on its way and never filled."""
+    for p in sorted(folders, key=lambda q: len(q.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            p.rmdir()
 
 
 @contextlib.contextmanager
@@ -89,3 +139,24 @@ def publish_dir(dest: str | os.PathLike[str], fill: Callable[[Path], None]) -> P
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def read_safetensors(
+    path: str | os.PathLike[str], what: str
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """A safetensors file's metadata and tensors, or DataError naming ``what`` is wrong with it
+    (missing, a folder, damaged); nothing in it is executed."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{what} {str(p)!r} does not exist")
+    if not p.is_file():
+        raise DataError(f"{what} {str(p)!r} is a folder; give its .safetensors file")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a handle, not a dict)
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise DataError(f"{what} {str(p)!r} is corrupt: {exc}") from exc
+    return meta, tensors

@@ -68,6 +68,20 @@ class IntegratedBasis:
         return (self.U.shape[1], self.V.shape[1])
 
 
+def rank_of(ranks: Mapping[str, int] | int | None, attr: str, available: int,
+            where: str = "") -> int:
+    """The rank ``ranks`` gives ``attr`` (one int for all, per attribute, or None: all
+    ``available`` directions), or ConfigError when it is not in 1..available."""
+    r = ranks.get(attr, available) if isinstance(ranks, Mapping) else ranks
+    r = available if r is None else r
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= available:
+        raise ConfigError(
+            f"rank {r!r} for attribute {attr!r} is out of range{where}; its subspace has "
+            f"1..{available} directions"
+        )
+    return r
+
+
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ConfigError(f"unknown orthogonalisation method {method!r}; valid: {METHODS}")
@@ -207,13 +221,7 @@ def _resolve_ranks(
     out = []
     for attr in attributes:
         sub = layer[attr]
-        r = ranks.get(attr, sub.rank) if isinstance(ranks, Mapping) else ranks
-        r = sub.rank if r is None else r
-        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= sub.rank:
-            raise ConfigError(
-                f"rank {r!r} for attribute {attr!r} is out of range; its subspace has "
-                f"1..{sub.rank} directions"
-            )
+        r = rank_of(ranks, attr, sub.rank)
         out.append(r)
     return tuple(out)
 

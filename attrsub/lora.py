@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 
 from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
+from attrsub.fsio import read_safetensors
 from attrsub.subspace import Update, from_peft
 
 if TYPE_CHECKING:
@@ -109,6 +109,19 @@ def target_modules(model: nn.Module, spec: LoraSpec) -> list[str]:
     return names
 
 
+def check_width(model: nn.Module, names: list[str], rank: int) -> None:
+    """ConfigError when ``rank`` exceeds the narrower side of any of the layers ``names``."""
+    base = _unwrap(model)
+    for name in names:
+        mod = base.get_submodule(name)
+        w = getattr(mod, "base_layer", mod).weight
+        if rank > min(w.shape):
+            raise ConfigError(
+                f"rank {rank} is larger than layer {name!r} of width {min(w.shape)} "
+                f"(shape {tuple(w.shape)}); valid: 1..{min(w.shape)}"
+            )
+
+
 def apply_lora(
     model: nn.Module,
     spec: LoraSpec,
@@ -133,11 +146,13 @@ def apply_lora(
         raise ConfigError(f"LoRA init scale must be a positive number, got {init_scale!r}")
     from peft import LoraConfig, get_peft_model
 
+    names = targets if targets is not None else target_modules(model, spec)
+    check_width(model, names, spec.rank)
     config = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=targets if targets is not None else target_modules(model, spec),
+        target_modules=names,
         init_lora_weights=True if init == "default" else "pissa",
         bias="none",
     )
@@ -217,20 +232,24 @@ def read_sidecar(adapter_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{str(adapter_dir)!r} is not an adapter folder (no {SIDECAR})")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"adapter sidecar {str(path)!r} is unreadable: {exc}") from exc
+    base = meta.get("base") if isinstance(meta, dict) else None
+    if not (isinstance(base, dict) and isinstance(base.get("name"), str)
+            and isinstance(base.get("weights_hash"), str)):
+        raise DataError(
+            f"adapter sidecar {str(path)!r} lacks 'base' (the base model's name and "
+            f"weights_hash it was trained on); it was not written by attrsub or is damaged"
+        )
+    return meta
 
 
 def _read_tensors(adapter_dir: Path) -> dict[str, Any]:
     path = adapter_dir / WEIGHTS_FILE
     if not path.is_file():
         raise DataError(f"adapter {str(adapter_dir)!r} has no {WEIGHTS_FILE}")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a handle, not a dict)
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise DataError(f"adapter weights {str(path)!r} are corrupt: {exc}") from exc
+    return read_safetensors(path, "adapter weights")[1]
 
 
 def load_adapter(adapter_dir: str | os.PathLike[str], base: Any) -> PeftModel:

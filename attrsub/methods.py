@@ -32,9 +32,10 @@ from typing import Any
 from torch import nn
 
 from attrsub.bank import BasisSet
+from attrsub.checks import check_render_fits, check_training_fits
 from attrsub.errors import ConfigError, DataError
-from attrsub.fsio import ensure_writable_dir, write_json
-from attrsub.lora import FROZEN_PREFIX, LoraSpec, apply_lora, target_modules
+from attrsub.fsio import check_creatable, publish_dir, write_json
+from attrsub.lora import FROZEN_PREFIX, LoraSpec, apply_lora, check_width, target_modules
 from attrsub.reduced import (
     apply_reduced,
     named_basis_hash,
@@ -92,11 +93,11 @@ def prepare(
         return model, _count(model)
     if method in ("lora", "pissa"):
         spec = LoraSpec(rank=rank)
-        for name in target_modules(model, spec):
-            _check_width(model, name, rank)
         peft_model = apply_lora(model, spec, init="pissa" if method == "pissa" else "default")
         return peft_model, _count(peft_model)
     layers = target_modules(model, LoraSpec(rank=rank))
+    if method in ("psv", "random"):
+        check_width(model, layers, rank)
     if method == "psv":
         model = apply_reduced(
             model, psv_bases(model, layers, rank), named_basis_hash("psv", base_hash, rank)
@@ -122,15 +123,6 @@ def prepare(
             )
         model = apply_reduced(model, basis.bases, basis.basis_hash)
     return model, trainable_count(model)
-
-
-def _check_width(model: nn.Module, name: str, rank: int) -> None:
-    w = model.get_submodule(name).weight
-    if rank > min(w.shape):
-        raise ConfigError(
-            f"rank {rank} is larger than layer {name!r} of width {min(w.shape)} "
-            f"(shape {tuple(w.shape)})"
-        )
 
 
 def finetune(
@@ -185,9 +177,12 @@ def finetune(
     cfg = None if method == "none" else TrainConfig(
         steps=steps, lr=lr, seed=seed, batch_size=batch_size, checkpoint_every=checkpoint_every
     )
-    out_dir = ensure_writable_dir(out, "--out") if out is not None else None
+    out_dir = check_new_run(out) if out is not None else None
     if method == "reduced" and bank is None and basis is None:
-        raise ConfigError("method 'reduced' needs --bank FILE")
+        raise ConfigError("method 'reduced' needs --bank FILE (a bank from `attrsub bank build`)")
+    if cfg is not None:
+        check_training_fits(train_scenes, views, size)
+    check_render_fits(eval_scenes, views, size)
     b = load_base(base, weights, device=device, random_init=random_init)
     the_bank = load_bank(bank, b) if method == "reduced" and basis is None else None
     seed_everything(seed)
@@ -213,15 +208,31 @@ def finetune(
         **the_task.evaluate(model, cache, data_size, seed, device),
     }
     if out_dir is not None:
-        if method in ("reduced", "psv", "random"):
-            save_reduced(model, out_dir / "reduced.safetensors", base_hash=b.weights_hash)
-        elif method == "lora":
-            save_adapter(model, out_dir / "lora-adapter", {
-                "base": {"name": base, "weights_hash": b.weights_hash}, "task": task,
-                "seed": seed, "rank": rank, "steps": steps, "final_loss": final_loss,
-            })
-        write_json(out_dir / "metrics.json", row)
+        def fill(tmp: Path) -> None:
+            if method in ("reduced", "psv", "random"):
+                save_reduced(model, tmp / "reduced.safetensors", base_hash=b.weights_hash)
+            elif method == "lora":
+                save_adapter(model, tmp / "lora-adapter", {
+                    "base": {"name": base, "weights_hash": b.weights_hash}, "task": task,
+                    "seed": seed, "rank": rank, "steps": steps, "final_loss": final_loss,
+                })
+            write_json(tmp / "metrics.json", row)
+
+        if out_dir.is_dir():
+            out_dir.rmdir()  # empty (check_new_run), so the whole run appears at once
+        publish_dir(out_dir, fill)
     return row
+
+
+def check_new_run(out: str | os.PathLike[str]) -> Path:
+    """``out`` if a run can be written there: a new or empty folder (an earlier run's folder
+    is never overwritten)."""
+    p = check_creatable(out, "--out")
+    if p.exists() and any(p.iterdir()):
+        raise ConfigError(
+            f"--out {str(p)!r} already holds files (an earlier run?); choose a new folder"
+        )
+    return p
 
 
 def load_trained(

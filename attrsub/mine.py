@@ -17,10 +17,11 @@ import torch
 
 from attrsub.bank import Bank
 from attrsub.base import DEFAULT_BASE, load_base
-from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
+from attrsub.checks import check_training_fits
+from attrsub.data import FACTORS, DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError, DataError
 from attrsub.evidence import ALL_LAYERS, evidence_rows, load_adapters
-from attrsub.fsio import ensure_writable_dir, publish_dir
+from attrsub.fsio import check_creatable, publish_dir
 from attrsub.lora import (
     LoraSpec,
     apply_lora,
@@ -80,16 +81,19 @@ def mine_adapter(
         steps=steps, lr=lr, seed=seed, batch_size=batch_size, log_every=1,
         checkpoint_every=checkpoint_every,
     )
+    if factor not in FACTORS:
+        raise ConfigError(f"unknown factor {factor!r} to mine; valid: {', '.join(FACTORS)}")
     out = Path(out)
     if out.exists():
         raise ConfigError(f"adapter folder {str(out)!r} already exists; choose another --out")
-    ensure_writable_dir(out.parent, "--out parent")
+    check_creatable(out.parent, "--out folder")
     if checkpoint_dir is not None:
-        ensure_writable_dir(checkpoint_dir, "checkpoint folder")
+        check_creatable(checkpoint_dir, "checkpoint folder")
+    check_training_fits(scenes, views, size)
     b = load_base(base, weights, device=device, random_init=random_init)
-    data = SceneDataset(render_factor_dataset(spec, cache, device=device))
     key = init_key(factor, group, seed) if lora_init_key is None else lora_init_key
     model = apply_lora(b.model, lora, init_key=key, init_scale=init_scale)
+    data = SceneDataset(render_factor_dataset(spec, cache, device=device))
     a0 = {name: a.detach().clone().cpu() for name, a in lora_a_weights(model).items()}
     result = train(
         model, data, cfg, device=device, checkpoint_dir=checkpoint_dir, callback=callback,
@@ -132,7 +136,12 @@ def find_adapters(paths: Sequence[str | os.PathLike[str]]) -> dict[str, list[Pat
         if not candidates:
             raise DataError(f"no adapter folders (with attrsub-adapter.json) under {str(p)!r}")
         for d in candidates:
-            found[read_sidecar(d)["factor"]].append(d)
+            factor = read_sidecar(d).get("factor")
+            if factor not in FACTORS:
+                raise DataError(
+                    f"adapter {str(d)!r} says factor {factor!r}; valid: {', '.join(FACTORS)}"
+                )
+            found[factor].append(d)
     return dict(found)
 
 
@@ -168,8 +177,32 @@ def extract_factor(
         sources.append({"path": str(d), **meta})
     if {len(v) for v in per_layer.values()} != {len(dirs)}:
         raise DataError(f"adapters of factor {factor!r} adapt different layers")
+    check_extract_rank(cfg, factor, [s.get("rank") for s in sources])
     assert base is not None
     return extract_all(per_layer, cfg), sources, base
+
+
+def default_extract_rank(adapters_by_factor: Mapping[str, Sequence[Path]], rank: int = 16
+                         ) -> int:
+    """``rank``, lowered to the fewest directions any factor's adapters span (the sum of their
+    LoRA ranks), so a default never asks for more than the adapters hold."""
+    spans = [sum(int(read_sidecar(d).get("rank", rank)) for d in dirs)
+             for dirs in adapters_by_factor.values()]
+    return max(1, min([rank, *spans]))
+
+
+def check_extract_rank(cfg: ExtractConfig, factor: str, ranks: Sequence[Any]) -> None:
+    """ConfigError when a fixed extraction rank exceeds what ``factor``'s adapters (of LoRA
+    ranks ``ranks``) can span: a bank would record it and silently hold fewer directions."""
+    if not isinstance(cfg.rank, int) or not all(isinstance(r, int) for r in ranks):
+        return
+    span, kinds = sum(ranks), "/".join(map(str, sorted(set(ranks))))
+    if cfg.rank > span:
+        raise ConfigError(
+            f"extraction rank {cfg.rank} is larger than the {span} directions that the "
+            f"{len(ranks)} adapter(s) of factor {factor!r} (rank {kinds}) can span; valid: "
+            f"1..{span}, or a rule (cliff-gap, cliff-energy)"
+        )
 
 
 def assemble_bank(

@@ -19,10 +19,11 @@ from safetensors.torch import save_file
 
 from attrsub import __version__
 from attrsub.base import WEIGHTS_DIR, file_sha256
+from attrsub.checks import check_render_fits, check_training_fits
 from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError
 from attrsub.evaluate import evaluate
-from attrsub.fsio import atomic_path, ensure_writable_dir, write_json
+from attrsub.fsio import atomic_path, check_creatable, write_json
 from attrsub.losses import LossWeights
 from attrsub.model import CONFIGS, build
 from attrsub.train import TrainConfig, seed_everything, train
@@ -73,7 +74,7 @@ class PretrainRecipe:
 
 def pretrain(
     recipe: PretrainRecipe,
-    out_dir: str | os.PathLike[str] = WEIGHTS_DIR,
+    out_dir: str | os.PathLike[str],
     *,
     cache: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
@@ -83,7 +84,9 @@ def pretrain(
 
     Resumes from ``out_dir/.pretrain-<config>/checkpoint.pt`` when interrupted.
     """
-    out = ensure_writable_dir(out_dir, "weights folder")
+    out = check_creatable(out_dir, "weights folder")
+    check_training_fits(recipe.scenes, recipe.views, recipe.size)
+    check_render_fits(recipe.eval_scenes, recipe.views, recipe.size)
     t0 = time.perf_counter()
     train_ds = SceneDataset(render_factor_dataset(recipe.train_spec(), cache, device=device))
     eval_ds = SceneDataset(render_factor_dataset(recipe.eval_spec(), cache, device=device))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import tempfile
@@ -57,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=56, help="image size (px)")
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from attrsub.tasks import get_task
     from sweeps.search import parser, run

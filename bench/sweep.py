@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
@@ -111,7 +110,6 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     import ray
 
@@ -119,7 +117,7 @@ def main() -> None:
     from sweeps.ablation import finetune_jobs, run_finetune
     from sweeps.config import load_preset
     from sweeps.mine import run_mining
-    from sweeps.runtime import code_version, init_ray, study_paths
+    from sweeps.runtime import code_version, init_ray, make_dirs, study_id, study_paths
 
     one_cpu = {"cpu": 1.0, "gpu": 0.0}
     preset = dataclasses.replace(load_preset(args.preset),
@@ -127,11 +125,12 @@ def main() -> None:
     jobs = finetune_jobs(preset)[: args.trials]
     root = Path(tempfile.mkdtemp(prefix="attrsub-bench-sweep-"))
     paths = study_paths(root, "bench", None)
+    make_dirs(paths)
     version = code_version()
     init_ray(args.cpus)
     handle = subspace_actor.get_or_create(
-        "bench", paths.local, list(preset.factors), preset.groups * len(preset.adapter_seeds),
-        preset.extraction,
+        study_id("bench", paths), paths.local, list(preset.factors),
+        preset.groups * len(preset.adapter_seeds), preset.extraction,
     )
     t0 = time.perf_counter()
     mined = run_mining(preset, "bench", paths, version)

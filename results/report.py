@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullLocator, ScalarFormatter
 
+from attrsub.cli import RATE, OneLineParser
 from results.claims import (
     Claim,
     choose_extraction,
@@ -1290,14 +1291,25 @@ def write_report(study_dir: str | os.PathLike[str], *, preset: str | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m results.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m results.report", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study_dir", help="a study folder (holding trials.parquet, ...)")
     parser.add_argument("--preset", help="the preset the study ran (overrides study.json)")
-    parser.add_argument("--wall-s", type=float, help="the study's end-to-end wall time, s")
+    parser.add_argument("--wall-s", type=RATE, help="the study's end-to-end wall time, s")
     args = parser.parse_args(argv)
     if not Path(args.study_dir).is_dir():
-        print(f"report: error: {args.study_dir!r} is not a folder", file=sys.stderr)
+        print(f"{parser.prog}: error: {args.study_dir!r} is not a folder", file=sys.stderr)
+        return 2
+    if not any((Path(args.study_dir) / f).is_file() for f in ("trials.parquet", "study.json")):
+        print(f"{parser.prog}: error: {args.study_dir!r} holds neither trials.parquet nor "
+              f"study.json, so it is not a study folder (that is <storage>/<study>)",
+              file=sys.stderr)
+        return 2
+    # a study still running may lack tables (the report says so); a damaged one is an error
+    damaged = [m for m in load_study(args.study_dir).missing if "unreadable" in m]
+    if damaged:
+        said = " ".join("; ".join(damaged).replace("`", "").split())  # one line
+        print(f"{parser.prog}: error: {said}", file=sys.stderr)
         return 2
     path = write_report(args.study_dir, preset=args.preset, wall_s=args.wall_s)
     print(f"report: {path}")

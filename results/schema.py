@@ -20,6 +20,7 @@ table; ``upsert_table`` replaces rows by key so a resumed study never duplicates
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import uuid
@@ -242,6 +243,42 @@ def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         return pq.read_table(p, filesystem=fs).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataError(f"results table {os.fspath(path)!r} is unreadable: {exc}") from exc
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON record (a study's ``study.json``) at a local path or URI; None when absent."""
+    fs, p = _fs(path)
+    try:
+        if fs is None:
+            if not Path(p).is_file():
+                return None
+            text = Path(p).read_text()
+        else:
+            if fs.get_file_info(p).type == pafs.FileType.NotFound:
+                return None
+            with fs.open_input_stream(p) as fh:
+                text = fh.read().decode()
+        record = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{os.fspath(path)!r} is unreadable: {exc}") from exc
+    if not isinstance(record, dict):
+        raise DataError(f"{os.fspath(path)!r} is not a JSON object")
+    return record
+
+
+def write_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Write a JSON record atomically (an object store's put is atomic by itself)."""
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    fs, p = _fs(path)
+    try:
+        if fs is None:
+            with atomic_path(p) as tmp:
+                tmp.write_text(text)
+        else:
+            with fs.open_output_stream(p) as fh:
+                fh.write(text.encode())
+    except OSError as exc:
+        raise StorageError(f"cannot write {os.fspath(path)!r}: {exc}") from exc
 
 
 def upsert_table(

@@ -29,27 +29,29 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attrsub.errors import AttrsubError, DivergenceError
-from attrsub.fsio import write_json
 from attrsub.train import StepInfo
 from results.schema import (
     EVIDENCE_SCHEMA,
     OVERLAPS_SCHEMA,
     SPECTRA_SCHEMA,
     metric_column,
+    read_record,
     read_table,
     trials_schema,
     upsert_table,
+    write_record,
     write_table,
 )
 from sweeps.config import Preset
 from sweeps.runtime import (
     STUDY_ERRORS,
     StudyPaths,
-    init_ray,
     is_uri,
     open_study,
     print_error,
+    print_interrupted,
     run_grid,
+    session,
     study_parser,
 )
 
@@ -135,7 +137,7 @@ def finetune_trial(config: dict[str, Any]) -> None:
         basis = None
         if j["method"] == "reduced":
             basis = subspace_actor.fetch_bases(
-                config["study"], j["factors"], j.get("ranks") or j["rank"], j["ortho"],
+                config["study_id"], j["factors"], j.get("ranks") or j["rank"], j["ortho"],
                 j["extraction"],
             )
         row = finetune(
@@ -291,7 +293,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Validate everything, then stage 1 (unless its bank exists), stage 2, the tables."""
     import ray
 
-    from sweeps import actor as subspace_actor
     from sweeps.mine import run_mining
 
     t0 = time.perf_counter()
@@ -303,12 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         get_task(task).require_data(paths.cache)
     trials_path = paths.table("trials")
     jobs = finetune_jobs(preset)
-    init_ray(args.num_cpus)
-    handle = subspace_actor.get_or_create(
-        study, paths.local, list(preset.factors), preset.groups * len(preset.adapter_seeds),
-        preset.extraction,
-    )
-    try:
+    with session(st, args.num_cpus) as handle:
         main_ext = preset.extraction.method
         if not ray.get(handle.has_bank.remote(main_ext)):
             upsert_table(run_mining(preset, study, paths, version, weights), trials_path,
@@ -341,10 +337,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              ("evidence", EVIDENCE_SCHEMA)):
             write_table(analysis[name], schema, paths.table(name))
         actor_stats = ray.get(handle.stats.remote())
-    finally:
-        ray.kill(handle)  # its state is on disk; a resumed study recreates it
     wall = time.perf_counter() - t0
-    write_json(paths.local / "study.json", {
+    write_record(st.record, {
+        **(read_record(st.record) or {}),
         "study": study, "preset": preset.name, "seeds": list(preset.seeds),
         "adapter_seeds": list(preset.adapter_seeds), "wall_s": wall,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -365,11 +360,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = study_parser(__doc__).parse_args(argv)
+    args = study_parser("ablation", __doc__).parse_args(argv)
     try:
         out = run(args)
     except STUDY_ERRORS as exc:
         return print_error("ablation", exc)
+    except KeyboardInterrupt:
+        return print_interrupted("ablation", argv)
     print(summary(out["rows"]))
     print(f"\nstudy {out['study']}: {len(out['rows'])} trials in {out['wall_s']:.1f} s")
     print(f"subspace actor: {json.dumps(out['actor'], sort_keys=True)}")

@@ -179,9 +179,12 @@ def _seeds(v: Any, what: str) -> tuple[int, ...]:
 def _names(v: Any, valid: tuple[str, ...] | list[str], what: str) -> tuple[str, ...]:
     if not isinstance(v, list) or not v:
         raise ConfigError(f"{what} must be a non-empty list, got {v!r}")
-    bad = [x for x in v if x not in valid]
+    bad = [x for x in v if not isinstance(x, str) or x not in valid]
     if bad:
         raise ConfigError(f"unknown {what} {bad}; valid: {', '.join(valid)}")
+    twice = sorted({x for x in v if v.count(x) > 1})
+    if twice:
+        raise ConfigError(f"{what} {twice} listed more than once in {v}")
     return tuple(v)
 
 
@@ -228,6 +231,7 @@ def from_dict(name: str, raw: Any) -> Preset:
     ext = raw["extraction"]
     if not isinstance(ext, dict):
         raise ConfigError(f"{where}: extraction must be a mapping of ExtractConfig fields")
+    _no_unknown(ext, {f.name for f in dataclasses.fields(ExtractConfig)}, f"{where}.extraction")
     try:
         extraction = ExtractConfig(**ext)
     except TypeError as exc:
@@ -501,9 +505,17 @@ def load_preset(name: str, path: str | os.PathLike[str] = PRESETS) -> Preset:
     """The preset ``name`` from ``path``; ConfigError lists the valid names otherwise."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read presets file {str(path)!r}: {exc}") from exc
-    if not isinstance(raw, dict) or name not in raw:
-        valid = ", ".join(raw) if isinstance(raw, dict) else "none"
-        raise ConfigError(f"unknown preset {name!r}; valid: {valid}")
+    except OSError as exc:
+        raise ConfigError(f"cannot read presets file {str(path)!r}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        why = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"presets file {str(path)!r} is not valid YAML: {why}{where}") from exc
+    if not isinstance(raw, dict) or not raw:
+        got = "empty" if not raw else f"a {type(raw).__name__}"
+        raise ConfigError(f"presets file {str(path)!r} must map preset names to presets, "
+                          f"but it is {got}")
+    if name not in raw:
+        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(map(str, raw))}")
     return from_dict(name, raw[name])

@@ -34,10 +34,11 @@ from sweeps.config import Preset
 from sweeps.runtime import (
     STUDY_ERRORS,
     StudyPaths,
-    init_ray,
     open_study,
     print_error,
+    print_interrupted,
     run_grid,
+    session,
     study_parser,
 )
 
@@ -72,7 +73,7 @@ def mine_trial(config: dict[str, Any]) -> None:
     torch.manual_seed(0)
     job, p = config["job"], config["params"]
     name = trial_id(job)
-    actor = subspace_actor.get(config["study"])
+    actor = subspace_actor.get(config["study_id"])
     t0 = time.perf_counter()
     meta = ray.get(actor.adapter_meta.remote(name))
     if meta is None:
@@ -158,27 +159,25 @@ def _error(err: BaseException | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = study_parser(__doc__).parse_args(argv)
+    args = study_parser("mine", __doc__).parse_args(argv)
     try:
         return _mine(args)
     except STUDY_ERRORS as exc:
         return print_error("mine", exc)
+    except KeyboardInterrupt:
+        return print_interrupted("mine", argv)
 
 
 def _mine(args: argparse.Namespace) -> int:
     from results.schema import trials_schema, upsert_table
 
     st = open_study(args)
-    init_ray(args.num_cpus)
     p = st.preset
-    handle = subspace_actor.get_or_create(
-        st.name, st.paths.local, list(p.factors), p.groups * len(p.adapter_seeds), p.extraction
-    )
-    rows = run_mining(p, st.name, st.paths, st.version, st.weights)
-    upsert_table(rows, st.paths.table("trials"), trials_schema)
-    missing = ray.get(handle.missing.remote())
-    bank = None if missing else ray.get(handle.bank_path.remote(p.extraction.method))
-    ray.kill(handle)
+    with session(st, args.num_cpus) as handle:
+        rows = run_mining(p, st.name, st.paths, st.version, st.weights)
+        upsert_table(rows, st.paths.table("trials"), trials_schema)
+        missing = ray.get(handle.missing.remote())
+        bank = None if missing else ray.get(handle.bank_path.remote(p.extraction.method))
     failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
     print(f"mined {len(rows) - len(failed)}/{len(rows)} adapters; trials: "
           f"{st.paths.table('trials')}")

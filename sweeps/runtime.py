@@ -6,19 +6,29 @@ Kept apart from the stages so ``sweeps/mine.py`` and ``sweeps/ablation.py`` stay
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import attrsub
 from attrsub import __version__
-from attrsub.base import load_base, shipped_weights
+from attrsub.base import file_sha256, load_base, shipped_weights
+from attrsub.checks import check_render_fits, check_training_fits
+from attrsub.cli import COUNT, OneLineParser
 from attrsub.errors import AttrsubError, ConfigError, StorageError
-from attrsub.fsio import ensure_writable_dir
-from results.schema import read_table
+from attrsub.fsio import check_creatable, ensure_writable_dir
+from results.schema import read_record, read_table, write_record
 from sweeps.config import PRESETS, Preset, load_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +60,7 @@ def is_uri(path: str) -> bool:
 
 
 def study_paths(storage: str | os.PathLike[str], study: str, work_dir: str | None) -> StudyPaths:
-    """Resolve and check the study's folders before any trial runs.
+    """Resolve the study's folders; nothing is created here (``make_dirs`` does that).
 
     With a URI (s3://, gs://) Tune and the tables go there, while the subspace actor keeps
     adapters and banks, and each node its dataset cache, under ``work_dir`` on its own disk
@@ -60,16 +70,30 @@ def study_paths(storage: str | os.PathLike[str], study: str, work_dir: str | Non
         raise ConfigError(f"study name {study!r} must be a plain folder name")
     s = os.fspath(storage)
     if is_uri(s):
-        local = Path(work_dir or Path.home() / "attrsub-studies") / study
+        local = Path(work_dir or Path.home() / "attrsub-studies").expanduser().resolve() / study
         tables = f"{s.rstrip('/')}/{study}"
     else:
-        root = ensure_writable_dir(Path(s.removeprefix("file://")).expanduser().resolve(),
-                                   "--storage")
+        root = Path(s.removeprefix("file://")).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"--storage {str(root)!r} exists and is not a folder")
         s = str(root)
         local = root / study
         tables = str(local)
-    ensure_writable_dir(local, "study folder")
     return StudyPaths(storage=s, local=local, tables=tables)
+
+
+def make_dirs(paths: StudyPaths) -> None:
+    """Create the study's folders, or say why they cannot be written."""
+    if not is_uri(paths.storage):
+        ensure_writable_dir(paths.storage, "--storage")
+    ensure_writable_dir(paths.local, "study folder")
+
+
+def study_id(study: str, paths: StudyPaths) -> str:
+    """The study's identity on a cluster: its name and where it lives, so two studies of one
+    name in different storages never share a subspace actor."""
+    digest = hashlib.sha256(paths.tables.encode()).hexdigest()[:12]
+    return f"{study}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -81,12 +105,25 @@ class Study:
     paths: StudyPaths
     version: str
     weights: str | None
+    base: str  # sha256 of the base weights, or "random-init"
+    resume: bool = False
+    extend: bool = False
+    adds: bool = False  # this entry point adds to an existing study (a search)
+
+    @property
+    def id(self) -> str:
+        return study_id(self.name, self.paths)
+
+    @property
+    def record(self) -> str:
+        return f"{self.paths.tables}/{STUDY_RECORD}"
 
 
-def study_parser(description: str | None) -> argparse.ArgumentParser:
-    """The arguments every study entry point takes."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.RawTextHelpFormatter)
+def study_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The arguments every study entry point takes; ``prog`` starts its error lines, as in
+    ``print_error``."""
+    p = OneLineParser(prog=prog, description=description,
+                      formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="quick", help="smoke | quick | paper, or one of --presets")
     p.add_argument("--presets", default=str(PRESETS),
                    help="presets file (default: sweeps/presets.yaml); copy it to make your own")
@@ -97,45 +134,169 @@ def study_parser(description: str | None) -> argparse.ArgumentParser:
                    help="node-local folder for adapters, banks and the dataset cache when "
                         "--storage is a URI (default ~/attrsub-studies)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an existing study: finished trials are not rerun")
+                   help="continue an existing study: finished trials are not rerun; the preset "
+                        "and code must be the ones the study was made with")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume: the preset may add downstream seeds or tasks "
+                        "(everything else must match); only the new trials run")
     p.add_argument("--weights", default=None,
                    help="base weights for the preset's model (VGGT's model.pt or safetensors); "
                         "on a cluster, a path every node can read")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray")
+    p.add_argument("--num-cpus", type=COUNT, default=None, help="CPUs for a local Ray")
     return p
 
 
-def open_study(args: argparse.Namespace) -> Study:
-    """Validate the preset, weights and storage; refuse to overwrite a study without --resume."""
+def open_study(args: argparse.Namespace, *, adds: bool = False) -> Study:
+    """Validate the preset, weights and storage, and check the study against this run,
+    writing nothing (``session`` creates the study).
+
+    Without ``--resume`` an existing study is refused (``adds``: the entry point adds to an
+    existing study, as a search does, so it may exist); with it the study must exist and
+    match the fingerprint it was made with (``--extend``: more seeds or tasks).
+    """
     preset = load_preset(args.preset, args.presets)
-    weights = check_weights(preset, args.weights)
-    name = args.study or preset.name
-    paths = study_paths(args.storage, name, args.work_dir)
-    trials = paths.table("trials")
-    if read_table(trials) and not args.resume:
-        raise ConfigError(
-            f"study {name!r} already has results at {trials}; pass --resume to continue it "
-            f"or choose another --study"
-        )
-    return Study(preset, name, paths, code_version(), weights)
+    if not os.environ.get("RAY_ADDRESS"):
+        check_fits_here(preset)
+    weights, base = check_weights(preset, args.weights)
+    extend = getattr(args, "extend", False)
+    if extend and not args.resume:
+        raise ConfigError("--extend adds seeds or tasks to an existing study: add --resume")
+    paths = study_paths(args.storage, args.study or preset.name, args.work_dir)
+    if not is_uri(paths.storage):
+        check_creatable(Path(paths.storage), "--storage")
+    check_creatable(paths.local, "study folder")
+    st = Study(preset, args.study or preset.name, paths, code_version(), weights, base,
+               resume=args.resume, extend=extend, adds=adds)
+    claim(st)
+    return st
 
 
-def check_weights(preset: Preset, weights: str | None) -> str | None:
-    """The weights file the trials load (absolute), checked before any trial starts."""
+def claim(st: Study) -> dict[str, Any]:
+    """The ``study.json`` record this run will write, or ConfigError when the study on disk
+    does not allow this run. Its fingerprint is what the numbers depend on."""
+    mine = fingerprint(st.preset, st.base)
+    record = read_record(st.record)
+    if record is None:
+        if read_table(st.paths.table("trials")):
+            raise ConfigError(
+                f"study {st.name!r} at {st.paths.tables} has results but no {STUDY_RECORD} (an "
+                f"older attrsub made it), so its preset and code are unknown; start a new "
+                f"--study"
+            )
+        if st.resume:
+            raise ConfigError(f"no study {st.name!r} at {st.paths.tables}: nothing to resume; "
+                              f"run without --resume to start it")
+        return {"study": st.name, "fingerprint": mine, "created": _now(),
+                "code_version": st.version}
+    if not st.resume and not st.adds:
+        raise ConfigError(f"study {st.name!r} already exists at {st.paths.tables}; pass "
+                          f"--resume to continue it or choose another --study")
+    return {**record, "fingerprint": check_fingerprint(st.name, record.get("fingerprint"),
+                                                       mine, st.extend),
+            "code_version": st.version}
+
+
+STUDY_RECORD = "study.json"
+# Preset fields a resumed study may grow with --extend: new seeds and tasks only add trials.
+EXTENDABLE = ("seeds", "tasks", "ablation_seeds", "ablation_tasks")
+
+
+def fingerprint(preset: Preset, base: str) -> dict[str, Any]:
+    """What a study's numbers depend on: the preset's content (not its name, nor the
+    resources, which change where trials run, not what they compute), the code and the base
+    weights. Code is its source's digest, so a commit that touches only docs keeps it."""
+    content = dataclasses.asdict(preset)
+    for key in ("name", "resources"):
+        content.pop(key)
+    return json.loads(json.dumps({"preset": content, "code": code_digest(), "base": base}))
+
+
+def code_digest() -> str:
+    """sha256 of the Python source of attrsub, sweeps and results (paths and contents)."""
+    h = hashlib.sha256()
+    for root in (Path(attrsub.__file__).parent, REPO / "sweeps", REPO / "results"):
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{root.name}/{f.relative_to(root)}\n".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_fingerprint(name: str, recorded: Any, mine: dict[str, Any],
+                      extend: bool) -> dict[str, Any]:
+    """The fingerprint to record for a resumed study, or ConfigError naming what differs."""
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"study {name!r} has no fingerprint in its {STUDY_RECORD}; start a "
+                          f"new --study")
+    diffs = _differences(recorded, mine)
+    grows = [k for k in diffs if k.removeprefix("preset.") in EXTENDABLE
+             and set(map(str, _at(recorded, k) or [])) <= set(map(str, _at(mine, k) or []))]
+    other = [k for k in diffs if k not in grows]
+    if not diffs or (extend and not other):
+        return mine
+    shown = "; ".join(f"{k}: {_brief(_at(recorded, k))} -> {_brief(_at(mine, k))}"
+                      for k in diffs)
+    hint = (" (--extend allows adding to " + ", ".join(k.removeprefix("preset.") for k in grows)
+            + ")") if grows and not other else ""
+    raise ConfigError(f"study {name!r} was made with another preset or code, so --resume would "
+                      f"mix results: {shown}{hint}; resume with the same preset and code, or "
+                      f"choose another --study")
+
+
+def _brief(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _at(d: Any, dotted: str) -> Any:
+    for k in dotted.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_fits_here(preset: Preset) -> None:
+    """ConfigError when a local study's trials could not hold their data in this machine's
+    memory (on a cluster each trial checks its own node)."""
+    try:
+        check_training_fits(preset.scenes["mine"], preset.views, preset.size)
+        check_training_fits(preset.scenes["train"], preset.views, preset.size)
+        check_render_fits(preset.scenes["eval"], preset.views, preset.size)
+    except ConfigError as exc:
+        raise ConfigError(f"preset {preset.name!r}: {exc}") from None
+
+
+def check_weights(preset: Preset, weights: str | None) -> tuple[str | None, str]:
+    """The weights file the trials load (absolute; None: the shipped one) and the base's
+    sha256, checked before any trial starts."""
     if weights is not None:
         if preset.random_init:
             raise ConfigError(f"preset {preset.name!r} uses a random-init base; drop --weights")
         path = Path(weights).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"--weights {weights!r} is not a file")
-        load_base(preset.model, path)  # a mismatching file fails here, not in every trial
-        return str(path)
-    if not preset.random_init and shipped_weights(preset.model) is None:
+        base = load_base(preset.model, path)  # a mismatching file fails here, not in trials
+        return str(path), base.weights_hash
+    if preset.random_init:
+        return None, "random-init"
+    shipped = shipped_weights(preset.model)
+    if shipped is None:
         raise ConfigError(
             f"preset {preset.name!r} needs pretrained weights for {preset.model!r}, and none "
             f"ship with attrsub: pass --weights PATH (e.g. VGGT-1B's model.pt)"
         )
-    return None
+    return None, file_sha256(shipped)
 
 
 # What ends a study with one line instead of a traceback: bad input found up front, or
@@ -143,10 +304,27 @@ def check_weights(preset: Preset, weights: str | None) -> str | None:
 STUDY_ERRORS = (AttrsubError, OSError)
 
 
+def print_interrupted(prog: str, argv: list[str] | None) -> int:
+    """Say how to go on after Ctrl-C; returns the shell's status for SIGINT, 130.
+
+    Every finished trial's row was written when it ended (atomically), so the tables are
+    intact; the trials that were running are run again by ``--resume``.
+    """
+    for bar in list(_BARS):  # their last redraw would land below this message
+        bar.close()
+    args = list(sys.argv[1:] if argv is None else argv)
+    again = " ".join([f"python sweeps/{prog}.py", *args, *([] if "--resume" in args
+                                                          else ["--resume"])])
+    print(f"{prog}: interrupted; the finished trials are saved and the tables intact. "
+          f"Continue with: {again}", file=sys.stderr)
+    return 130
+
+
 def print_error(prog: str, exc: BaseException) -> int:
     """Print a study-ending error for a person; returns the exit status 2."""
     kind = "" if isinstance(exc, AttrsubError) else "I/O error: "
-    print(f"{prog}: error: {kind}{exc}", file=sys.stderr)
+    message = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"{prog}: error: {kind}{message}", file=sys.stderr)
     return 2
 
 
@@ -166,14 +344,19 @@ def code_version() -> str:
     return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster a job runs in, or start a small local one.
+# Ray resolves a local node's address to the machine's external IP, and its servers listen
+# there, unless it runs "local only" as on macOS and Windows; this is the switch for that.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
-    Token auth is off for a local cluster unless the caller chose otherwise (Ray 2.59+ turns
-    it on for clusters ``ray.init`` starts). Workers get the repo on PYTHONPATH so trials
-    import ``sweeps`` and ``results``.
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster a job runs in, or start a local one that only this machine can reach.
+
+    A local cluster's servers listen on 127.0.0.1 only, and Ray's token authentication stays
+    as Ray sets it (on for clusters ``ray.init`` starts since Ray 2.59; the token is
+    ~/.ray/auth_token, made on first use, or ``RAY_AUTH_TOKEN``). Workers get the repo on
+    PYTHONPATH so trials import ``sweeps`` and ``results``.
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if ray.is_initialized():
@@ -181,14 +364,99 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
         ray.init(address="auto", log_to_driver=False)
         return
+    from ray._private import ray_constants
+
+    os.environ[LOCAL_ONLY_ENV] = "0"  # Ray's own processes, started below, read it
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it when it imported ray
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
         num_cpus=num_cpus or os.cpu_count() or 1,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AUTH_MODE": "disabled"}},
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
 
+
+@contextlib.contextmanager
+def session(st: Study, num_cpus: int | None = None, *, actor: bool = True) -> Iterator[Any]:
+    """The one live driver of a study: its locks, Ray, and (``actor``) the study's subspace
+    actor, which it yields (else None) and removes on the way out (its state is on disk).
+
+    A second driver of the same study is refused, on this machine by a lock file in the
+    study folder and on a cluster by a lock actor named by the study's identity, which dies
+    with its driver.
+    """
+    import ray
+
+    from sweeps import actor as subspace_actor
+
+    make_dirs(st.paths)
+    # Ctrl-C raises KeyboardInterrupt, which the entry point turns into one line saying
+    # --resume, instead of Tune's handler ending the run and suggesting Tuner.restore
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    with _dir_lock(st.paths.local, st.name):
+        write_record(st.record, claim(st))  # again: another driver may have been first
+        init_ray(num_cpus)
+        lock = _cluster_lock(st)
+        handle = None
+        try:
+            if actor:
+                p = st.preset
+                handle = subspace_actor.get_or_create(
+                    st.id, st.paths.local, list(p.factors), p.groups * len(p.adapter_seeds),
+                    p.extraction,
+                )
+            yield handle
+        finally:
+            for h in (handle, lock):
+                if h is not None:
+                    with contextlib.suppress(Exception):
+                        ray.kill(h)
+
+
+@contextlib.contextmanager
+def _dir_lock(folder: Path, name: str) -> Iterator[None]:
+    """An exclusive lock on the study folder itself (no lock file to leave behind)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"study {name!r} is already being run by another driver on this machine; "
+                f"wait for it to end, or choose another --study"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _cluster_lock(st: Study, wait_s: float = 15.0) -> Any:
+    """A named actor owned by this driver; Ray frees its name when the driver dies. A
+    driver killed a moment ago may still hold it, so a taken name is retried for a while."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class StudyDriver:
+        def pid(self) -> int:
+            return os.getpid()
+
+    name = f"attrsub-driver-{st.id}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return StudyDriver.options(name=name, namespace="attrsub").remote()
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"study {st.name!r} is already being run by another driver on this "
+                    f"cluster (lock actor {name!r}); wait for it to end, or choose another "
+                    f"--study"
+                ) from None
+            time.sleep(1.0)
+
+
+_BARS: set[Any] = set()  # the progress bars drawing now
 
 
 def progress(total: int, desc: str) -> Any:
@@ -199,6 +467,7 @@ def progress(total: int, desc: str) -> Any:
     class _Progress(tune.Callback):
         def __init__(self) -> None:
             self.bar = tqdm(total=total, desc=desc, unit="trial", dynamic_ncols=True)
+            _BARS.add(self.bar)
             self.failed = 0
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -211,6 +480,7 @@ def progress(total: int, desc: str) -> Any:
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             self.bar.close()
+            _BARS.discard(self.bar)
 
     return _Progress()
 
@@ -291,7 +561,8 @@ def run_grid(
     rec = recorder(paths.table("trials"), row)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space={"job": tune.grid_search(jobs), "params": params, "study": study,
+        param_space={"job": tune.grid_search(jobs), "params": params,
+                     "study_id": study_id(study, paths),
                      "cache": str(paths.cache), "cpu": resources["cpu"]},
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=run_config(experiment, paths, len(jobs), desc, rec),

@@ -52,6 +52,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attrsub.cli import COUNT
 from attrsub.errors import ConfigError
 from attrsub.tasks import get_task
 from results.schema import (
@@ -66,16 +67,17 @@ from sweeps.ablation import finetune_jobs, finetune_trial
 from sweeps.config import Preset, SearchConfig, SearchParam, check_sampler, load_preset
 from sweeps.runtime import (
     STUDY_ERRORS,
+    Study,
     StudyPaths,
-    check_weights,
-    code_version,
     fit,
-    init_ray,
+    open_study,
     print_error,
+    print_interrupted,
     recorder,
     run_config,
+    session,
+    study_id,
     study_parser,
-    study_paths,
 )
 
 OBJECTIVES = {"error": ("error",), "error,params": ("error", "params")}
@@ -208,6 +210,29 @@ def make_sampler(name: str, seed: int | None, startup: int, n_objectives: int) -
 # Optuna study: persistent, uniquely named, resumable
 
 
+def find_optuna(path: Path, name: str | None, attrs: Mapping[str, str]) -> str:
+    """The Optuna study ``--resume`` continues: ``name``, or the latest with the same task,
+    method and objectives; ConfigError (and nothing written) when there is none."""
+    import optuna
+
+    summaries = optuna.get_all_study_summaries(_journal(path)) if path.is_file() else []
+    if name is None:
+        same = [s for s in summaries
+                if all(s.user_attrs.get(k) == v for k, v in attrs.items()
+                       if k in ("task", "method", "objectives"))]
+        if not same:
+            raise ConfigError(
+                f"nothing to resume: {path} holds no search of task {attrs['task']!r}, "
+                f"method {attrs['method']!r}, objectives {attrs['objectives']!r}; "
+                f"run without --resume"
+            )
+        return max(same, key=lambda s: s.user_attrs.get("created", "")).study_name
+    if name not in {s.study_name for s in summaries}:
+        raise ConfigError(f"no Optuna study {name!r} in {path}; it has: "
+                          f"{', '.join(s.study_name for s in summaries) or 'none'}")
+    return name
+
+
 def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, str],
                 dirs: list[str], sampler: Any) -> Any:
     """Create a new uniquely named study in the journal at ``path``, or (``resume``) load the
@@ -216,21 +241,7 @@ def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, 
 
     storage = _journal(path)
     if resume:
-        summaries = optuna.get_all_study_summaries(storage)
-        if name is None:
-            same = [s for s in summaries
-                    if all(s.user_attrs.get(k) == v for k, v in attrs.items()
-                           if k in ("task", "method", "objectives"))]
-            if not same:
-                raise ConfigError(
-                    f"nothing to resume: {path} holds no search of task {attrs['task']!r}, "
-                    f"method {attrs['method']!r}, objectives {attrs['objectives']!r}; "
-                    f"run without --resume"
-                )
-            name = max(same, key=lambda s: s.user_attrs.get("created", "")).study_name
-        elif name not in {s.study_name for s in summaries}:
-            raise ConfigError(f"no Optuna study {name!r} in {path}; it has: "
-                              f"{', '.join(s.study_name for s in summaries) or 'none'}")
+        name = find_optuna(path, name, attrs)
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         if [d.name.lower() for d in study.directions] != dirs:
             raise ConfigError(f"Optuna study {name!r} optimises {len(study.directions)} "
@@ -454,12 +465,12 @@ def write_pareto(rows: list[dict[str, Any]], optuna_study: str, path: str) -> No
 
 
 def parser() -> argparse.ArgumentParser:
-    p = study_parser(__doc__)
+    p = study_parser("search", __doc__)
     p.add_argument("--task", default="print_attack", help="downstream task")
     p.add_argument("--method", default="reduced", help="reduced | lora (any with a space)")
     p.add_argument("--objectives", default="error", choices=sorted(OBJECTIVES),
                    help="error: the task's main metric; error,params: also trainable params")
-    p.add_argument("--trials", type=int, default=None,
+    p.add_argument("--trials", type=COUNT, default=None,
                    help="trials this run adds (default: the preset's search.trials)")
     p.add_argument("--sampler", default=None,
                    help="tpe | random | gp | cmaes (default: the preset's search.sampler)")
@@ -486,34 +497,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     sampler = make_sampler(sampler_name, args.seed, cfg.startup_trials, len(objectives))
-    weights = check_weights(preset, args.weights)
-    name = args.study or preset.name
-    paths = study_paths(args.storage, name, args.work_dir)
+    st = open_study(args, adds=True)
+    name, paths, version, weights = st.name, st.paths, st.version, st.weights
     get_task(args.task).require_data(paths.cache)
-    version = code_version()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     attrs = {"study": name, "task": args.task, "method": args.method,
              "objectives": args.objectives, "preset": preset.name, "sampler": sampler_name}
     if args.optuna_study and not args.resume:
         raise ConfigError("--optuna-study names a study to continue: add --resume")
-    study = open_optuna(paths.local / JOURNAL, args.optuna_study, args.resume, attrs,
-                        directions(args.task, objectives), sampler)
-    job_of = search_jobs(preset, space, args.task, args.method, study.study_name)
-    stale = settle_stale(study, {r["trial_id"]: r for r in read_table(paths.table("trials"))},
-                         objectives, job_of)
-    record_interrupted(preset, name, version, paths, stale)
-    before = len(study.trials)
-
-    init_ray(args.num_cpus)
-    handle = _bank(preset, name, paths, version, weights) if args.method == "reduced" else None
-    try:
+    if args.resume:  # the search to continue exists, or stop before anything is written
+        find_optuna(paths.local / JOURNAL, args.optuna_study, attrs)
+    with session(st, args.num_cpus, actor=args.method == "reduced") as handle:
+        study = open_optuna(paths.local / JOURNAL, args.optuna_study, args.resume, attrs,
+                            directions(args.task, objectives), sampler)
+        job_of = search_jobs(preset, space, args.task, args.method, study.study_name)
+        stale = settle_stale(study, {r["trial_id"]: r for r in read_table(paths.table("trials"))},
+                             objectives, job_of)
+        record_interrupted(preset, name, version, paths, stale)
+        before = len(study.trials)
+        if handle is not None:
+            _bank(preset, st, handle)
         rows, told = _search(preset, cfg, space, study, job_of, name, paths, version, weights,
                              args, objectives, trials)
-    finally:
-        if handle is not None:
-            import ray
-
-            ray.kill(handle)  # its state is on disk; the next run recreates it
     pareto = None
     if len(objectives) == 2:
         pareto = pareto_rows(study, name, version, args.objectives)
@@ -537,28 +542,20 @@ def _has_complete(study: Any) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def _bank(preset: Preset, study: str, paths: StudyPaths, version: str,
-          weights: str | None) -> Any:
-    """The study's subspace actor, after mining the bank (stage 1) when the study lacks it."""
+def _bank(preset: Preset, st: Study, handle: Any) -> None:
+    """Mine the study's bank (stage 1) with its subspace actor when the study lacks it."""
     import ray
 
-    from sweeps import actor as subspace_actor
     from sweeps.mine import run_mining
 
-    handle = subspace_actor.get_or_create(
-        study, paths.local, list(preset.factors), preset.groups * len(preset.adapter_seeds),
-        preset.extraction,
-    )
     if not ray.get(handle.has_bank.remote(preset.extraction.method)):
-        upsert_table(run_mining(preset, study, paths, version, weights), paths.table("trials"),
-                     trials_schema)
+        upsert_table(run_mining(preset, st.name, st.paths, st.version, st.weights),
+                     st.paths.table("trials"), trials_schema)
     missing = ray.get(handle.missing.remote())
     if missing and not ray.get(handle.has_bank.remote(preset.extraction.method)):
-        ray.kill(handle)
-        raise ConfigError(f"study {study!r} has no subspace bank: adapters missing {missing} "
-                          f"(see the mining rows of {paths.table('trials')})")
+        raise ConfigError(f"study {st.name!r} has no subspace bank: adapters missing {missing} "
+                          f"(see the mining rows of {st.paths.table('trials')})")
     ray.get(handle.bank_path.remote(preset.extraction.method))
-    return handle
 
 
 def search_jobs(preset: Preset, space: tuple[SearchParam, ...], task: str, method: str,
@@ -618,7 +615,8 @@ def run_streams(preset: Preset, streams: Sequence[Stream], name: str, paths: Stu
     rec = recorder(paths.table("trials"), row, written=searcher.settle)
     tuner = tune.Tuner(
         tune.with_resources(finetune_trial, res),
-        param_space={"params": params, "study": name, "cache": str(paths.cache),
+        param_space={"params": params, "study_id": study_id(name, paths),
+                     "cache": str(paths.cache),
                      "cpu": res["cpu"]},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=total, max_concurrent_trials=concurrency,
@@ -756,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
         out = run(args)
     except STUDY_ERRORS as exc:
         return print_error("search", exc)
+    except KeyboardInterrupt:
+        return print_interrupted("search", argv)
     print(summary(out))
     return 0
 

@@ -48,9 +48,9 @@ def test_show_families_puts_the_canonical_world_and_every_family_on_one_sheet(
     ("args", "needle"),
     [
         (["--factor", "colour"], "unknown factor 'colour'"),
-        (["--factor", "texture", "--size", "100"], "image size 100 is not a positive multiple"),
-        (["--factor", "texture", "--scenes", "0"], "scenes must be a positive integer"),
-        (["--factor", "texture", "--views", "0"], "views must be a positive integer"),
+        (["--factor", "texture", "--size", "100"], "--size: 100 is not a positive multiple"),
+        (["--factor", "texture", "--scenes", "0"], "--scenes: 0 is not a positive integer"),
+        (["--factor", "texture", "--views", "0"], "--views: 0 is not a positive integer"),
     ],
 )
 def test_render_bad_input_is_one_clear_line(

@@ -8,6 +8,11 @@ the RayCluster CRD's openAPIV3Schema with unknown fields rejected, as
 cluster/local-fake.yaml (Ray's fake multi-node provider), runs the smoke study with trials
 that each need a (fake) GPU the head lacks, and reads from Ray's state API that GPU worker
 nodes came from zero, ran the trials, and left after the idle timeout.
+
+The set-up is held to what the security review asked: nodes install only pinned packages
+from the registry (cluster/requirements.txt, a lock that covers pyproject.toml's
+dependencies), never a fetched script, and every node gets least-privilege cloud rights
+(the IAM policies in cluster/*.json, narrow Google Cloud scopes).
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -25,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,9 @@ import psutil
 import pytest
 import ray
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,8 +164,9 @@ def test_kuberay_mistake_fails_crd_validation(mutate: Callable[[dict], Any],
 
 
 def test_aws_node_configs_are_valid_run_instances_requests() -> None:
-    """Ray passes node_config to EC2 RunInstances unchanged; botocore knows its shape offline."""
-    botocore_session = pytest.importorskip("botocore.session")
+    """Ray passes node_config to EC2 RunInstances unchanged; botocore knows its shape offline.
+    botocore is in the test extra: a missing one fails here rather than skipping."""
+    import botocore.session as botocore_session
     from botocore.validate import ParamValidator
 
     ec2 = botocore_session.get_session().get_service_model("ec2")
@@ -265,13 +278,25 @@ def test_kuberay_autoscales_gpu_groups_from_zero_with_token_auth() -> None:
     assert sorted(gpus) == [1, 8]
 
 
-def test_kuberay_runtime_env_installs_the_project_dependencies() -> None:
-    """The KubeRay job's pip list is pyproject's dependencies (Ray comes from the image)."""
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+def test_kuberay_runtime_env_installs_the_project_dependencies_pinned_from_the_lock() -> None:
+    """The KubeRay job's pip list covers pyproject's dependencies but Ray (the image's), each
+    package pinned with == at the lock's version."""
     env = load("kuberay-runtime-env.yaml")
     ray.runtime_env.RuntimeEnv(**env)  # Ray's own check of the runtime env's fields
-    assert sorted(env["pip"]["packages"]) == sorted(d for d in deps if not d.startswith("ray"))
+    assert set(env["pip"]) <= {"packages", "pip_check"}, "no extra indexes or pip options"
+    lock = read_pins(LOCK)
+    pins = {}
+    for line in env["pip"]["packages"]:
+        name, version = _exact_pin(line)
+        assert lock.get(name) == version, f"{line}: the lock has {name}=={lock.get(name)}"
+        pins[name] = version
+    deps = _pyproject()["project"]["dependencies"]
+    wanted = {canonicalize_name(Requirement(d).name) for d in deps}
+    assert wanted - {"ray"} <= set(pins), sorted(wanted - {"ray"} - set(pins))
+    assert "ray" not in pins, "Ray comes from the image"
+    images = [c["image"] for g in load("kuberay.yaml")["spec"]["workerGroupSpecs"]
+              for c in g["template"]["spec"]["containers"]]
+    assert all(f"rayproject/ray:{lock['ray']}-" in i for i in images), images
 
 
 def test_readme_names_every_yaml_and_the_whole_workflow() -> None:
@@ -281,6 +306,275 @@ def test_readme_names_every_yaml_and_the_whole_workflow() -> None:
     for step in ("ray up cluster/aws-gpu.yaml", "ray job submit", "--working-dir .",
                  "--preset paper", "s3://", "gs://", "read_parquet", "ray down"):
         assert step in readme, step
+
+
+# --- supply chain: pinned packages from the registry, never a fetched script -----------
+
+LOCK = CLUSTER / "requirements.txt"
+LOCK_TOP = CLUSTER / "requirements.in"
+LOCK_ON_NODE = "~/attrsub/cluster/requirements.txt"
+PYPI = "https://pypi.org/simple"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands",
+                "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+# Options of `pip install` / `uv pip install` that take a value.
+VALUE_OPTIONS = {
+    "--python": "python", "-p": "python", "--index-url": "index", "-i": "index",
+    "--extra-index-url": "extra-index", "-f": "extra-index", "--find-links": "extra-index",
+    "-c": "constraints", "--constraint": "constraints", "--constraints": "constraints",
+    "-b": "build-constraints", "--build-constraint": "build-constraints",
+    "--build-constraints": "build-constraints", "-r": "requirements",
+    "--requirement": "requirements", "-e": "editable", "--editable": "editable",
+    "--target": "target", "--prefix": "target",
+}
+
+
+def _pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+, what CI runs
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _exact_pin(line: str) -> tuple[str, Version]:
+    """(name, version) of `name[extras]==version`; anything looser fails."""
+    req = Requirement(line)
+    specs = list(req.specifier)
+    assert req.url is None and req.marker is None, line
+    assert len(specs) == 1 and specs[0].operator == "==" and "*" not in specs[0].version, (
+        f"{line!r} is not pinned with ==")
+    return canonicalize_name(req.name), Version(specs[0].version)
+
+
+def read_pins(path: Path) -> dict[str, Version]:
+    """The name -> version of a requirements file in which every requirement is pinned."""
+    pins = {}
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            assert not line.startswith("-"), f"{path.name}: option {line!r} (index, URL, -e)"
+            name, version = _exact_pin(line)
+            assert name not in pins, f"{path.name}: {name} twice"
+            pins[name] = version
+    return pins
+
+
+@dataclasses.dataclass
+class Install:
+    command: str
+    packages: list[str]
+    options: dict[str, list[str]]
+    flags: set[str]
+
+
+def _installs(config: dict[str, Any]) -> list[Install]:
+    """Every `pip install` (system pip or uv's) in a launcher YAML's commands."""
+    found = []
+    for key in COMMAND_KEYS:
+        for command in config.get(key, []):
+            lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            tokens = list(lexer)
+            for i in range(len(tokens) - 1):
+                if not (tokens[i].rsplit("/", 1)[-1] in ("pip", "pip3")
+                        and tokens[i + 1] == "install"):
+                    continue
+                install = Install(command, [], {}, set())
+                args = iter(tokens[i + 2:])
+                for tok in args:
+                    if tok in ("&&", "||", ";", "|", ")", ">", ">>", "<"):
+                        break
+                    if tok in VALUE_OPTIONS:
+                        install.options.setdefault(VALUE_OPTIONS[tok], []).append(next(args))
+                    elif tok.startswith("-"):
+                        install.flags.add(tok)
+                    else:
+                        install.packages.append(tok)
+                found.append(install)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CLUSTER.glob("*.yaml")))
+def test_no_yaml_fetches_an_install_script(name: str) -> None:
+    text = (CLUSTER / name).read_text()
+    for bad in ("curl", "wget", "| sh", "|sh", "| bash", "|bash", "| python", "|python"):
+        assert bad not in text, f"{name} contains {bad!r}"
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_every_install_is_pinned_and_held_to_the_lock(name: str) -> None:
+    config = load(name)
+    lock = read_pins(LOCK)
+    installs = _installs(config)
+    every = _commands(config, *COMMAND_KEYS)
+    assert len(installs) == len(re.findall(r"\bpip3? install\b", every)), "one the parser missed"
+    if name in CLOUD:
+        assert any(LOCK_ON_NODE in i.options.get("constraints", []) for i in installs)
+    for inst in installs:
+        assert not inst.options.get("extra-index"), inst.command
+        assert not inst.options.get("requirements"), "install the lock with -c, not -r"
+        (index,) = inst.options.get("index", [None])
+        assert index in (PYPI, TORCH_CPU_INDEX), f"name the index: {inst.command}"
+        assert inst.packages or inst.options.get("editable"), inst.command
+        for spec in inst.packages:
+            pkg, version = _exact_pin(spec)
+            assert pkg in lock, f"{spec}: not in the lock"
+            assert version.public == str(lock[pkg]), f"{spec}: the lock has {lock[pkg]}"
+        if index == TORCH_CPU_INDEX:
+            # PyTorch's own index serves one wheel: the CPU build of the lock's torch.
+            assert "--no-deps" in inst.flags, inst.command
+            ((pkg, version),) = [_exact_pin(p) for p in inst.packages]
+            assert pkg == "torch" and version.local == "cpu", inst.command
+        elif "--no-deps" not in inst.flags:
+            # Whatever the resolver adds is held to the lock, build tools included.
+            assert inst.options.get("constraints") == [LOCK_ON_NODE], inst.command
+            if inst.options.get("editable"):
+                assert inst.options.get("build-constraints") == [LOCK_ON_NODE], inst.command
+        assert inst.options.get("editable", ["~/attrsub"]) == ["~/attrsub"], inst.command
+
+
+@pytest.mark.parametrize("name", CLOUD)
+def test_cloud_nodes_run_the_kuberay_images_python(name: str) -> None:
+    """One Python minor everywhere: the launcher's virtualenv and the KubeRay images."""
+    (venv,) = [c for c in _commands(load(name), "setup_commands").splitlines() if " venv " in c]
+    version = Version(shlex.split(venv)[shlex.split(venv).index("--python") + 1])
+    assert "--managed-python" in venv
+    images = [c["image"] for c in load("kuberay.yaml")["spec"]["headGroupSpec"]["template"]
+              ["spec"]["containers"]]
+    assert all(f"-py{version.major}{version.minor}-" in i for i in images), images
+    requires = _pyproject()["project"]["requires-python"]
+    assert Requirement(f"python{requires}").specifier.contains(version)
+
+
+def test_lock_pins_every_dependency_within_pyprojects_ranges() -> None:
+    lock = read_pins(LOCK)
+    top = read_pins(LOCK_TOP)
+    for pkg, version in top.items():
+        assert lock.get(pkg) == version, f"{pkg}: requirements.in {version}, lock {lock.get(pkg)}"
+    project = _pyproject()
+    wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    for dep in wanted:
+        req = Requirement(dep)
+        pkg = canonicalize_name(req.name)
+        assert pkg in top, f"{dep}: no top-level pin in requirements.in"
+        assert req.specifier.contains(lock[pkg], prereleases=True), (
+            f"the lock's {pkg}=={lock[pkg]} is outside pyproject's {dep!r}")
+        for extra in req.extras:  # ray[tune,default]: what the extras add is locked too
+            for needed in map(Requirement, metadata.requires(req.name) or []):
+                if needed.marker is not None and needed.marker.evaluate({"extra": extra}):
+                    assert canonicalize_name(needed.name) in lock, f"{dep}: {needed}"
+    assert lock["ray"] == Version(ray.__version__), "the Ray the tests run is the clusters' Ray"
+    for sdk in ("boto3", "google-api-python-client", "uv"):
+        assert sdk in top, sdk
+
+
+# --- least-privilege cloud rights -----------------------------------------------------------
+
+AWS_HEAD_PROFILE, AWS_WORKER_PROFILE = "attrsub-ray-head", "attrsub-ray-worker"
+BUCKET_ARN = "arn:aws:s3:::YOUR-BUCKET"
+S3_OBJECT_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+
+
+def _statements(name: str) -> list[dict[str, Any]]:
+    doc = json.loads((CLUSTER / name).read_text())
+    assert doc["Version"] == "2012-10-17", name
+    for st in doc["Statement"]:
+        assert st["Effect"] == "Allow", name
+        assert not {"NotAction", "NotResource", "NotPrincipal"} & set(st), name
+    return doc["Statement"]
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def _check_no_wildcard_actions(name: str) -> set[str]:
+    actions = {a for st in _statements(name) for a in _listed(st["Action"])}
+    for action in actions:
+        assert "*" not in action, f"{name}: wildcard action {action}"
+        assert action.split(":")[0] in ("ec2", "s3", "ssm", "iam"), f"{name}: {action}"
+    return actions
+
+
+def _check_bucket_only(statements: list[dict[str, Any]]) -> None:
+    s3 = [st for st in statements if any(a.startswith("s3:") for a in _listed(st["Action"]))]
+    for st in s3:
+        actions, resources = set(_listed(st["Action"])), _listed(st["Resource"])
+        bucket = actions == {"s3:ListBucket"} and resources == [BUCKET_ARN]
+        objects = actions <= S3_OBJECT_ACTIONS and resources == [f"{BUCKET_ARN}/*"]
+        assert bucket or objects, st
+    granted = {a for st in s3 for a in _listed(st["Action"])}
+    assert granted >= {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+
+
+def test_aws_worker_policy_is_the_study_bucket_and_nothing_else() -> None:
+    actions = _check_no_wildcard_actions("aws-worker-policy.json")
+    assert all(a.startswith("s3:") for a in actions), "workers get no EC2 (or other) rights"
+    _check_bucket_only(_statements("aws-worker-policy.json"))
+
+
+def test_aws_head_policy_is_what_rays_autoscaler_calls_for_this_cluster() -> None:
+    config = load("aws-gpu.yaml")
+    region, cluster = config["provider"]["region"], config["cluster_name"]
+    statements = _statements("aws-head-policy.json")
+    actions = _check_no_wildcard_actions("aws-head-policy.json")
+    assert {a for a in actions if a.startswith("ec2:")} == {
+        "ec2:DescribeInstances", "ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances"}
+    assert {a for a in actions if a.startswith("iam:")} == {"iam:PassRole"}
+    _check_bucket_only(statements)
+    for st in statements:
+        resources = _listed(st["Resource"])
+        if "*" in resources:
+            assert _listed(st["Action"]) == ["ec2:DescribeInstances"], st
+        for arn in resources:
+            if arn.startswith(("arn:aws:ec2:", "arn:aws:ssm:")):
+                assert arn.split(":")[3] == region, arn
+        acts = set(_listed(st["Action"]))
+        condition = st.get("Condition", {}).get("StringEquals", {})
+        if "ec2:TerminateInstances" in acts:
+            assert condition == {"aws:ResourceTag/ray-cluster-name": cluster}, st
+        if "ec2:RunInstances" in acts and any(":instance/" in r for r in resources):
+            assert condition == {"aws:RequestTag/ray-cluster-name": cluster}, st
+        if "ec2:CreateTags" in acts:
+            assert condition in ({"aws:ResourceTag/ray-cluster-name": cluster},
+                                 {"ec2:CreateAction": "RunInstances"}), st
+        if "iam:PassRole" in acts:
+            assert resources == [f"arn:aws:iam::YOUR-ACCOUNT-ID:role/{AWS_WORKER_PROFILE}"]
+            assert condition == {"iam:PassedToService": "ec2.amazonaws.com"}
+        if any(a.startswith("ssm:") for a in acts):
+            images = {t["node_config"]["ImageId"] for t in config["available_node_types"].values()}
+            (image,) = images
+            assert image.startswith("resolve:ssm:"), image
+            assert resources == [f"arn:aws:ssm:{region}::parameter{image[len('resolve:ssm:'):]}"]
+    trust = _statements("aws-ec2-trust-policy.json")
+    assert trust == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                      "Action": "sts:AssumeRole"}]
+
+
+def test_aws_nodes_get_the_least_privilege_profiles() -> None:
+    config = load("aws-gpu.yaml")
+    for key, node in config["available_node_types"].items():
+        profile = node["node_config"]["IamInstanceProfile"]
+        want = AWS_HEAD_PROFILE if key == config["head_node_type"] else AWS_WORKER_PROFILE
+        assert profile == {"Name": want}, key  # never Ray's ray-autoscaler-v1 (EC2+S3 full)
+    readme = (CLUSTER / "README.md").read_text()
+    for needed in (AWS_HEAD_PROFILE, AWS_WORKER_PROFILE, "aws-head-policy.json",
+                   "aws-worker-policy.json", "aws-ec2-trust-policy.json"):
+        assert needed in readme, needed
+
+
+def test_gcp_nodes_get_narrow_scopes_and_workers_their_own_account() -> None:
+    config = load("gcp-gpu.yaml")
+    project = config["provider"]["project_id"]
+    storage = "https://www.googleapis.com/auth/devstorage.read_write"
+    compute = "https://www.googleapis.com/auth/compute"
+    for key, node in config["available_node_types"].items():
+        (account,) = node["node_config"]["serviceAccounts"]
+        scopes = set(account["scopes"])
+        assert not any(s.endswith("/cloud-platform") for s in scopes), key
+        if key == config["head_node_type"]:
+            assert compute in scopes and scopes <= {compute, storage}, key
+        else:
+            assert scopes == {storage}, key
+            assert account["email"] == f"attrsub-ray-worker@{project}.iam.gserviceaccount.com"
 
 
 # --- a real autoscaling run on the fake multi-node provider -------------------------------
@@ -323,7 +617,7 @@ class FakeCluster:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 RAY_CLI = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
@@ -403,11 +697,10 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
 
 @pytest.mark.slow
 def test_fake_cluster_adds_gpu_workers_for_the_study_and_removes_them(
-    fake_cluster: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_cluster: FakeCluster, tmp_path: Path
 ) -> None:
     from results.schema import read_table
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     before = _nodes(fake_cluster)
     assert [n.is_head_node for n in before] == [True], "the cluster starts with no workers"
     (head,) = before

@@ -31,7 +31,7 @@ from results.schema import read_table
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO),
+ENV = {**os.environ, "PYTHONPATH": str(REPO),
        "OMP_NUM_THREADS": "1"}
 PRESET = "faults"
 
@@ -221,6 +221,28 @@ def test_killed_driver_resumes_without_redoing_finished_trials(tmp_path: Path) -
     pd.testing.assert_frame_equal(kept.sort_index(), done.set_index("trial_id").sort_index(),
                                   check_like=True, check_dtype=False)
     assert "mining" not in again.log  # the bank exists, so stage 1 is skipped
+
+
+def test_ctrl_c_during_mining_stops_cleanly_and_says_resume(tmp_path: Path) -> None:
+    presets = write_presets(tmp_path / "p.yaml", {
+        "groups": 2, "mining": {"steps": 400, "report_every": 10}})
+    storage = tmp_path / "store"
+    driver = Driver("ablation.py", storage, presets)
+    wait_until("a mining trial past step 10",
+               lambda: any(r.get("step", 0) >= 10 for r in results(storage / f"{PRESET}-mine")),
+               driver)
+    os.kill(driver.proc.pid, signal.SIGINT)  # what Ctrl-C sends
+    assert driver.wait(timeout=120) == 130, driver.log[-4000:]
+    log = driver.log
+    for bad in ("Traceback", "TypeError", "Tuner.restore"):
+        assert bad not in log, log[-4000:]
+    said = [line for line in log.splitlines() if line.startswith("ablation: interrupted")]
+    assert len(said) == 1 and said[0].endswith("--resume"), log[-3000:]
+    read_table(storage / PRESET / "trials.parquet")  # readable (or not written yet)
+    again = Driver("ablation.py", storage, presets, "--resume")
+    assert again.wait() == 0, again.log[-4000:]
+    df = trials(storage)
+    assert (df.status == "ok").all() and (df.stage == "mine").sum() == 2, not_ok(df)
 
 
 def test_killed_search_driver_resumes_the_optuna_study(tmp_path: Path) -> None:

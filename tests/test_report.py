@@ -288,6 +288,9 @@ def test_partial_study_reports_what_exists(tmp_path: Path) -> None:
 
 
 def test_empty_folder_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path)]) == 2  # not a study: one line, nothing written
+    assert "not a study folder" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    (tmp_path / "study.json").write_text('{"study": "s"}')  # a study that just started
     assert main([str(tmp_path)]) == 0
     assert "report.md" in capsys.readouterr().out
     text = (tmp_path / REPORT_NAME).read_text()
@@ -297,6 +300,12 @@ def test_empty_folder_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert all(b.split("**")[1].endswith(": not measured.")
                for b in _claim_bullets(text).values())
     assert not list(tmp_path.glob("*.png"))
+    (tmp_path / "trials.parquet").write_bytes(b"garbage")  # damaged: an error, no report
+    (tmp_path / REPORT_NAME).unlink()
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "trials.parquet is unreadable" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / REPORT_NAME).exists()
 
 
 def test_search_front_drawn_from_pareto_table(tmp_path: Path) -> None:

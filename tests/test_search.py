@@ -29,8 +29,7 @@ from sweeps.search import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
-os.environ["RAY_AUTH_MODE"] = "disabled"  # any Ray this process might start
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,12 @@ import yaml
 
 from results.schema import OVERLAPS_SCHEMA, SPECTRA_SCHEMA, TRIAL_COLUMNS
 from sweeps.ablation import finetune_jobs
-from sweeps.config import load_preset
+from sweeps.config import PRESETS, load_preset
 from sweeps.mine import mining_jobs
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def _study(storage: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -97,7 +97,16 @@ def test_smoke_study_end_to_end_and_resume(tmp_path) -> None:
     report = (storage / "smoke" / "report.md").read_text()
     assert "print_attack" in report and (storage / "smoke" / "fig-rank.png").is_file()
 
-    again = _study(storage, "--resume")
+    # the study's fingerprint: a resume with another preset is refused before anything runs
+    other = yaml.safe_load(PRESETS.read_text())["smoke"]
+    other["downstream"]["steps"] = 3
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"smoke": other}))
+    refused = _study(storage, "--resume", "--presets", str(tmp_path / "other.yaml"))
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "preset.steps: 2 -> 3" in refused.stderr.strip().splitlines()[-1]
+    pd.testing.assert_frame_equal(first, pd.read_parquet(storage / "smoke" / "trials.parquet"))
+
+    again = _study(storage, "--resume")  # the same preset: nothing reruns, no row is added
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     actor = json.loads(re.search(r"subspace actor: (\{.*\})", again.stdout).group(1))
     # the restarted actor reloads the persisted banks instead of extracting again

@@ -132,11 +132,12 @@ def test_driver_rejects_bad_input_before_ray(tmp_path, capsys) -> None:
 
 
 def test_existing_study_needs_resume(tmp_path, capsys) -> None:
-    from results.schema import trials_schema, write_table
+    from results.schema import write_record
+    from sweeps.runtime import claim, open_study, study_parser
 
-    row = {"trial_id": "a", "study": "smoke", "stage": "mine", "seed": 0, "status": "ok",
-           "code_version": "v"}
-    write_table([row], trials_schema(), tmp_path / "smoke" / "trials.parquet")
+    st = open_study(study_parser("test", None).parse_args(["--preset", "smoke", "--storage",
+                                                   str(tmp_path)]))
+    write_record(st.record, claim(st))
     assert main(["--preset", "smoke", "--storage", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
 
@@ -174,5 +175,5 @@ def test_own_presets_file(tmp_path, raw: dict) -> None:
     with pytest.raises(ConfigError, match="unknown preset 'smoke'; valid: tiny-gpu"):
         load_preset("smoke", path)
     path.write_text("smoke: [unclosed")
-    with pytest.raises(ConfigError, match="cannot read presets file"):
+    with pytest.raises(ConfigError, match="is not valid YAML: .* at line 1"):
         load_preset("smoke", path)
