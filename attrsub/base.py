@@ -6,7 +6,6 @@ can never be applied to a base it was not trained on.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from attrsub.errors import ConfigError, DataError
+from attrsub.fetch import fetch, file_sha256
 from attrsub.model import CONFIGS, build, load
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -25,14 +25,6 @@ def shipped_weights(name: str) -> Path | None:
     """The weights shipped in the package for ``name`` (only the tiny base ships)."""
     p = WEIGHTS_DIR / f"{name}.safetensors"
     return p if p.is_file() else None
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -52,7 +44,8 @@ def load_base(
     device: str | torch.device = "cpu",
     random_init: bool = False,
 ) -> BaseModel:
-    """Load base ``name`` from ``weights`` (default: the shipped file for that config).
+    """Load base ``name`` from ``weights`` (default: the shipped file for that config): a
+    path, or a URI fetched once into this node's cache and verified (attrsub.fetch).
 
     ``random_init`` builds an untrained model (hash ``random-init``), the baseline the
     pretrained base is compared against.
@@ -61,7 +54,7 @@ def load_base(
         raise ConfigError(f"unknown model config {name!r}; valid: {', '.join(CONFIGS)}")
     if random_init:
         return BaseModel(name, None, "random-init", build(name, device=device))
-    path = Path(weights) if weights is not None else shipped_weights(name)
+    path = fetch(weights) if weights is not None else shipped_weights(name)
     if path is None:
         raise ConfigError(
             f"no weights ship for {name!r}; pass --weights PATH (e.g. VGGT's released "

@@ -313,3 +313,33 @@ def fetch_real(
             write_json(folder / MANIFEST, {"packages": versions, "sha256": SHA256})
 
         return publish_dir(dest, fill)
+
+
+def publish_real(cache: str | os.PathLike[str] | None, where: str) -> bool:
+    """Copy this machine's verified captures to ``where`` (a folder or URI, the captures'
+    place in a study's storage) unless they are there; returns whether it copied."""
+    from attrsub import storage
+
+    if storage.exists(storage.join(where, MANIFEST)):
+        return False
+    storage.put_dir(require_real_data(cache), where, MANIFEST)
+    return True
+
+
+def pull_real(where: str, cache: str | os.PathLike[str] | None = None) -> Path:
+    """The captures in this machine's cache, copied from ``where`` (see ``publish_real``)
+    when the cache lacks them, so a node of any image needs neither apt nor .debs."""
+    from attrsub import storage
+
+    try:
+        return require_real_data(cache)
+    except DataError:
+        if not storage.exists(storage.join(where, MANIFEST)):
+            raise
+    dest = storage.get_dir(where, real_data_dir(cache), MANIFEST)
+    try:
+        verify_files(dest)  # the copy is checked against the packages' hashes, as a fetch is
+    except DataError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return require_real_data(cache)

@@ -9,7 +9,7 @@ uses (the studies' seeds draw other scenes), and prints the task's main metric b
 method gets its basis from a bank (``--bank``, e.g. a study's ``banks/bank-irls.safetensors``).
 
 Run from the repository root:
-``python bench/lr.py --preset quick --bank results/quick/banks/bank-irls.safetensors``.
+``python bench/lr.py --preset quick --bank studies/quick/banks/bank-irls.safetensors``.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from attrsub import storage
 from attrsub.errors import ConfigError, DataError, StorageError
 from attrsub.fsio import atomic_path
 
@@ -190,12 +191,11 @@ def _check_rows(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> None:
 
 
 def _fs(path: str | os.PathLike[str]) -> tuple[pafs.FileSystem | None, str]:
-    """(filesystem, path) for a URI such as s3://bucket/x; (None, path) for a local path."""
-    s = os.fspath(path)
-    if "://" in s and not s.startswith("file://"):
-        fs, p = pafs.FileSystem.from_uri(s)
-        return fs, p
-    return None, s.removeprefix("file://")
+    """(filesystem, path) for a URI such as s3://bucket/x or file:///x; (None, path) for a
+    local path, which is written through a temporary file and renamed."""
+    if storage.is_uri(path):
+        return storage.resolve(path)
+    return None, os.fspath(path)
 
 
 def write_table(
@@ -247,19 +247,11 @@ def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """A JSON record (a study's ``study.json``) at a local path or URI; None when absent."""
-    fs, p = _fs(path)
+    if not storage.exists(path):
+        return None
     try:
-        if fs is None:
-            if not Path(p).is_file():
-                return None
-            text = Path(p).read_text()
-        else:
-            if fs.get_file_info(p).type == pafs.FileType.NotFound:
-                return None
-            with fs.open_input_stream(p) as fh:
-                text = fh.read().decode()
-        record = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = json.loads(storage.read_bytes(path).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{os.fspath(path)!r} is unreadable: {exc}") from exc
     if not isinstance(record, dict):
         raise DataError(f"{os.fspath(path)!r} is not a JSON object")
@@ -268,17 +260,7 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def write_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Write a JSON record atomically (an object store's put is atomic by itself)."""
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    fs, p = _fs(path)
-    try:
-        if fs is None:
-            with atomic_path(p) as tmp:
-                tmp.write_text(text)
-        else:
-            with fs.open_output_stream(p) as fh:
-                fh.write(text.encode())
-    except OSError as exc:
-        raise StorageError(f"cannot write {os.fspath(path)!r}: {exc}") from exc
+    storage.write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
 def upsert_table(

@@ -46,10 +46,11 @@ from sweeps.config import Preset
 from sweeps.runtime import (
     STUDY_ERRORS,
     StudyPaths,
-    is_uri,
+    ensure_task_data,
     open_study,
     print_error,
     print_interrupted,
+    publish_report,
     run_grid,
     session,
     study_parser,
@@ -121,6 +122,7 @@ def finetune_trial(config: dict[str, Any]) -> None:
     torch.manual_seed(0)
     j, p = config["job"], config["params"]
     t0 = time.perf_counter()
+    ensure_task_data(j["task"], config["cache"], config.get("real_data"))
     scratch = Path(tempfile.mkdtemp(prefix="attrsub-ft-"))
     restored = tune.get_checkpoint()
     if restored is not None:  # a retried trial resumes its training
@@ -296,12 +298,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sweeps.mine import run_mining
 
     t0 = time.perf_counter()
-    from attrsub.tasks import get_task
 
     st = open_study(args)
     preset, study, paths, version, weights = st.preset, st.name, st.paths, st.version, st.weights
     for task in preset.tasks:  # data a task cannot make (real captures) exist, or stop here
-        get_task(task).require_data(paths.cache)
+        ensure_task_data(task, paths.cache, paths.real_data)
     trials_path = paths.table("trials")
     jobs = finetune_jobs(preset)
     with session(st, args.num_cpus) as handle:
@@ -346,11 +347,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "storage": paths.storage, "command": " ".join(sys.argv), "code_version": version,
         "tuned_lr": {f"{t}/{m}": lr for (t, m), lr in sorted(tuned.items())},
     })
-    report = None
-    if not is_uri(paths.tables):  # the report reads local tables
-        from results.report import write_report
-
-        report = str(write_report(paths.local, preset=preset.name, wall_s=wall))
+    report = publish_report(paths, preset.name, wall)
     return {
         "study": study,
         "tables": {n: paths.table(n) for n in ("trials", "overlaps", "spectra", "evidence")},
@@ -372,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"subspace actor: {json.dumps(out['actor'], sort_keys=True)}")
     for name, path in out["tables"].items():
         print(f"{name}: {path}")
-    print(f"report: {out['report'] or 'run python -m results.report on a local copy'}")
+    print(f"report: {out['report']}")
     return 0
 
 

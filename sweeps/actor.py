@@ -12,7 +12,8 @@ It is a sync actor, so Ray runs its calls one at a time: however many trials ask
 key at once, the first call does the work and every later call is a cache hit. Complete
 banks are persisted in the study folder (``banks/bank-<extraction>.safetensors``) and
 adapters are rediscovered from its ``adapters`` folder, so a restarted actor or a resumed
-study picks them up.
+study picks them up. For a study at a URI that folder is a cache: every adapter and bank is
+also published to the URI as it is made, and an actor on a fresh head pulls them back.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ class SubspaceActor:
         factors: list[str],
         adapters_per_factor: int,
         extract: dict[str, Any],
+        published: str | None = None,
     ) -> None:
         import torch
 
         torch.set_num_threads(1)
         self.study_dir = Path(study_dir)
+        self.published = published
         self.adapters_dir = self.study_dir / "adapters"
         self.banks_dir = self.study_dir / "banks"
         self.factors = list(factors)
@@ -53,11 +56,16 @@ class SubspaceActor:
         self.banks: dict[str, Any] = {}
         self.evidence: dict[str, list[dict[str, Any]]] = {}  # extraction -> evidence rows
         self.cache: dict[tuple[Any, ...], ray.ObjectRef] = {}
-        self.counts = {"extractions": 0, "bank_loads": 0, "requests": 0, "hits": 0}
+        self.counts = {"extractions": 0, "bank_loads": 0, "requests": 0, "hits": 0,
+                       "pulled": 0, "published": 0}
+        if self.published is not None:
+            self._pull()
         if self.adapters_dir.is_dir():
             for d in sorted(self.adapters_dir.iterdir()):
                 if (d / "attrsub-adapter.json").is_file():
                     self._register(d)
+        if self.published is not None:
+            self._push_missing()
 
     def _register(self, folder: Path) -> dict[str, Any]:
         """Count a complete adapter folder; completing a factor extracts it at once with the
@@ -75,6 +83,58 @@ class SubspaceActor:
             self._extract_factor(main, factor)
         return meta
 
+    def _pull(self) -> None:
+        """Copy into the local cache every adapter and bank the study has published that
+        the cache lacks (a fresh head, a lost disk), so nothing is mined or extracted again."""
+        from attrsub import storage
+        from attrsub.lora import SIDECAR
+
+        for name in storage.list_names(storage.join(self.published, "adapters")):
+            src = storage.join(self.published, "adapters", name)
+            if not (self.adapters_dir / name).is_dir() and storage.exists(
+                    storage.join(src, SIDECAR)):
+                storage.get_dir(src, self.adapters_dir / name, SIDECAR)
+                self.counts["pulled"] += 1
+        for name in storage.list_names(storage.join(self.published, "banks")):
+            if name.endswith(".safetensors") and not (self.banks_dir / name).is_file():
+                storage.get_file(storage.join(self.published, "banks", name),
+                                 self.banks_dir / name)
+                self.counts["pulled"] += 1
+
+    def _push_missing(self) -> None:
+        """Publish what the cache holds and the storage lacks (a head that died between
+        storing an adapter and publishing it)."""
+        from attrsub import storage
+        from attrsub.lora import SIDECAR
+
+        for kind, marker in (("adapters", SIDECAR), ("banks", None)):
+            folder = self.study_dir / kind
+            for item in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if item.name.startswith("."):
+                    continue  # a folder or file still being written
+                if marker is not None:
+                    complete = (item / marker).is_file()
+                    there = storage.join(self.published, kind, item.name, marker)
+                else:
+                    complete = item.suffix == ".safetensors"
+                    there = storage.join(self.published, kind, item.name)
+                if complete and not storage.exists(there):
+                    self._publish(item, kind, item.name, marker=marker)
+
+    def _publish(self, local: Path, *parts: str, marker: str | None = None) -> None:
+        """Copy a finished adapter folder (``marker`` last) or bank file to the study's
+        storage, where a resumed study on any head finds it."""
+        if self.published is None:
+            return
+        from attrsub import storage
+
+        where = storage.join(self.published, *parts)
+        if marker is None:
+            storage.put_file(local, where)
+        else:
+            storage.put_dir(local, where, marker)
+        self.counts["published"] += 1
+
     def adapter_meta(self, name: str) -> dict[str, Any] | None:
         """The sidecar of adapter ``name`` when the study already holds it, else None."""
         from attrsub.lora import read_sidecar
@@ -87,7 +147,7 @@ class SubspaceActor:
         """Store a finished adapter (its files, sent by the trial that trained it) and count
         it; returns its sidecar. The folder appears complete or not at all."""
         from attrsub.fsio import publish_dir
-        from attrsub.lora import read_updates
+        from attrsub.lora import SIDECAR, read_updates
 
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"adapter name {name!r} must be a plain folder name")
@@ -101,7 +161,9 @@ class SubspaceActor:
                 (tmp / rel).write_bytes(data)
             read_updates(tmp)  # a corrupt adapter fails its trial here, not the extraction
 
-        return self._register(publish_dir(self.adapters_dir / name, fill))
+        folder = publish_dir(self.adapters_dir / name, fill)
+        self._publish(folder, "adapters", name, marker=SIDECAR)
+        return self._register(folder)
 
     def has_bank(self, extraction: str) -> bool:
         """Whether this study's bank for ``extraction`` is persisted (stage 1 can be skipped)."""
@@ -150,6 +212,7 @@ class SubspaceActor:
                     self._evidence(extraction),
                 )
                 save_bank(bank, path)
+                self._publish(path, "banks", path.name)
                 self.banks[extraction] = bank
         return self.banks[extraction]
 
@@ -224,9 +287,12 @@ def actor_name(study: str) -> str:
 
 
 def get_or_create(
-    study: str, study_dir: Path, factors: list[str], adapters_per_factor: int, extract: Any
+    study: str, study_dir: Path, factors: list[str], adapters_per_factor: int, extract: Any,
+    published: str | None = None,
 ) -> Any:
-    """The study's actor, created by the driver so it outlives every trial."""
+    """The study's actor, created by the driver so it outlives every trial; with
+    ``published`` (a URI study) ``study_dir`` is its cache and everything it makes is
+    published there too."""
     remote = ray.remote(SubspaceActor).options(
         name=actor_name(study),
         namespace=NAMESPACE,
@@ -239,7 +305,7 @@ def get_or_create(
         max_task_retries=3,
     )
     cfg = dataclasses.asdict(extract) if dataclasses.is_dataclass(extract) else dict(extract)
-    return remote.remote(str(study_dir), list(factors), adapters_per_factor, cfg)
+    return remote.remote(str(study_dir), list(factors), adapters_per_factor, cfg, published)
 
 
 def get(study: str) -> Any:

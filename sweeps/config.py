@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ class Preset:
     resources: dict[str, dict[str, float]]  # stage ("mine", "finetune") -> {"cpu", "gpu"}
     search: SearchConfig | None = None  # the optional ``search:`` section (sweeps/search.py)
     lr_search: LrSearch | None = None  # the optional ``downstream.lr_search`` (None: off)
+    weights_sha256: str | None = None  # the --weights file's sha256, pinned (attrsub.fetch)
 
     def task_size(self) -> TaskSize:
         return TaskSize(self.scenes["train"], self.scenes["eval"], self.views, self.size)
@@ -213,7 +215,7 @@ def from_dict(name: str, raw: Any) -> Preset:
     where = f"preset {name!r}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping")
-    _no_unknown(raw, _KEYS | {"search"}, where)
+    _no_unknown(raw, _KEYS | {"search", "weights_sha256"}, where)
     missing = sorted(_KEYS - set(raw))
     if missing:
         raise ConfigError(f"{where} lacks {missing}")
@@ -288,10 +290,14 @@ def from_dict(name: str, raw: Any) -> Preset:
         ablation_tasks = _names(abl["tasks"], tasks, f"{where}.ablation task(s)")
     if not isinstance(raw["random_init"], bool):
         raise ConfigError(f"{where}: random_init must be true or false")
+    pin = raw.get("weights_sha256")
+    if pin is not None and not (isinstance(pin, str) and re.fullmatch(r"[0-9a-f]{64}", pin)):
+        raise ConfigError(f"{where}.weights_sha256 must be 64 lowercase hex digits, got {pin!r}")
     preset = Preset(
         name=name,
         model=raw["model"],
         random_init=raw["random_init"],
+        weights_sha256=pin,
         size=size,
         views=_pos_int(raw["views"], f"{where}.views"),
         scenes=dict(scenes),

@@ -12,8 +12,10 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,26 +24,40 @@ from pathlib import Path
 from typing import Any
 
 import attrsub
-from attrsub import __version__
+from attrsub import __version__, fetch, storage
 from attrsub.base import file_sha256, load_base, shipped_weights
 from attrsub.checks import check_render_fits, check_training_fits
 from attrsub.cli import COUNT, OneLineParser
-from attrsub.errors import AttrsubError, ConfigError, StorageError
+from attrsub.errors import AttrsubError, ConfigError, DataError, StorageError
 from attrsub.fsio import check_creatable, ensure_writable_dir
 from results.schema import read_record, read_table, write_record
 from sweeps.config import PRESETS, Preset, load_preset
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_STORAGE = REPO / "results"
+DEFAULT_STORAGE = "studies"  # ./studies in the working directory: never the source tree
 
 
 @dataclass(frozen=True)
 class StudyPaths:
-    """Tune's storage (local path or URI), the study's local artefact folder, its tables root."""
+    """Tune's storage (local path or URI), the study's local folder, and the study itself in
+    the storage (``tables``: the tables, record, adapters, banks, report and journal).
+
+    For a local study ``local`` is the study; for a URI study it is only this node's cache
+    of it, which a fresh node rebuilds from the URI.
+    """
 
     storage: str
     local: Path
     tables: str
+
+    @property
+    def remote(self) -> bool:
+        """Whether the study lives at a URI, with ``local`` a cache of it."""
+        return is_uri(self.tables)
+
+    def file(self, *parts: str) -> str:
+        """A path or URI of the study in its storage."""
+        return storage.join(self.tables, *parts)
 
     @property
     def adapters(self) -> Path:
@@ -52,28 +68,38 @@ class StudyPaths:
         return self.local / "cache"
 
     def table(self, name: str) -> str:
-        return f"{self.tables}/{name}.parquet"
+        return self.file(f"{name}.parquet")
+
+    @property
+    def real_data(self) -> str | None:
+        """Where a URI study's storage keeps the real captures for every node (published
+        once, shared by the studies there); None for a local study."""
+        if not self.remote:
+            return None
+        from attrsub.debfetch import CACHE_NAME
+
+        return storage.join(self.storage, CACHE_NAME)
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+is_uri = storage.is_uri
 
 
-def study_paths(storage: str | os.PathLike[str], study: str, work_dir: str | None) -> StudyPaths:
+def study_paths(where: str | os.PathLike[str], study: str, work_dir: str | None) -> StudyPaths:
     """Resolve the study's folders; nothing is created here (``make_dirs`` does that).
 
-    With a URI (s3://, gs://) Tune and the tables go there, while the subspace actor keeps
-    adapters and banks, and each node its dataset cache, under ``work_dir`` on its own disk
-    (default ~/attrsub-studies); no shared filesystem is needed.
+    With a URI (s3://, gs://, file://) the whole study goes there: Tune's state, the tables,
+    its record, adapters, banks, report and journal. ``work_dir`` on each node's own disk
+    (default ~/attrsub-studies) is only a cache of it: a fresh head rebuilds what it needs
+    from the URI, so no shared filesystem is needed.
     """
     if not study or "/" in study or study.startswith("."):
         raise ConfigError(f"study name {study!r} must be a plain folder name")
-    s = os.fspath(storage)
+    s = os.fspath(where)
     if is_uri(s):
         local = Path(work_dir or Path.home() / "attrsub-studies").expanduser().resolve() / study
-        tables = f"{s.rstrip('/')}/{study}"
+        tables = storage.join(s, study)
     else:
-        root = Path(s.removeprefix("file://")).expanduser().resolve()
+        root = Path(s).expanduser().resolve()
         if root.exists() and not root.is_dir():
             raise ConfigError(f"--storage {str(root)!r} exists and is not a folder")
         s = str(root)
@@ -128,11 +154,12 @@ def study_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--presets", default=str(PRESETS),
                    help="presets file (default: sweeps/presets.yaml); copy it to make your own")
     p.add_argument("--study", default=None, help="study name (default: the preset's name)")
-    p.add_argument("--storage", default=str(DEFAULT_STORAGE),
-                   help="results root: a folder, or s3:// / gs:// (Tune storage and tables)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="where studies live: a folder (default ./studies), or an s3://, gs:// "
+                        "or file:// URI holding the whole study")
     p.add_argument("--work-dir", default=None,
-                   help="node-local folder for adapters, banks and the dataset cache when "
-                        "--storage is a URI (default ~/attrsub-studies)")
+                   help="with a URI --storage: this node's cache of the study (adapters, banks, "
+                        "datasets; default ~/attrsub-studies), rebuilt from the URI when empty")
     p.add_argument("--resume", action="store_true",
                    help="continue an existing study: finished trials are not rerun; the preset "
                         "and code must be the ones the study was made with")
@@ -266,6 +293,48 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def ensure_task_data(task: str, cache: str | os.PathLike[str] | None,
+                     published: str | None) -> None:
+    """The data ``task`` cannot make itself (real captures) are on this node, pulled from the
+    study's storage (``published``) if need be; DataError before any trial otherwise.
+
+    The driver calls it first: with a URI study it publishes its own copy there once, so
+    nodes of any image get the captures without apt or .debs.
+    """
+    from attrsub.debfetch import publish_real, pull_real
+    from attrsub.tasks import get_task
+
+    try:
+        get_task(task).require_data(cache)
+    except DataError:
+        if published is None:
+            raise
+        pull_real(published, cache)
+        get_task(task).require_data(cache)
+        return
+    if published is not None and get_task(task).name == "real":
+        publish_real(cache, published)
+
+
+def publish_report(paths: StudyPaths, preset: str, wall_s: float | None) -> str:
+    """Write the study's report and figures (results.report) and return where it lives.
+
+    The report reads local tables, so a URI study's tables are copied into its local cache
+    first and the report and figures are published beside them afterwards.
+    """
+    from results.report import write_report
+
+    if not paths.remote:
+        return str(write_report(paths.local, preset=preset, wall_s=wall_s))
+    for name in storage.list_names(paths.tables):
+        if name.endswith(".parquet") or name == STUDY_RECORD:
+            storage.get_file(paths.file(name), paths.local / name)
+    report = write_report(paths.local, preset=preset, wall_s=wall_s)
+    for f in (report, *sorted(paths.local.glob("fig-*.png"))):
+        storage.put_file(f, paths.file(f.name))
+    return paths.file(report.name)
+
+
 def check_fits_here(preset: Preset) -> None:
     """ConfigError when a local study's trials could not hold their data in this machine's
     memory (on a cluster each trial checks its own node)."""
@@ -283,11 +352,24 @@ def check_weights(preset: Preset, weights: str | None) -> tuple[str | None, str]
     if weights is not None:
         if preset.random_init:
             raise ConfigError(f"preset {preset.name!r} uses a random-init base; drop --weights")
-        path = Path(weights).expanduser().resolve()
+        location, given = fetch.split(weights)
+        pin = preset.weights_sha256
+        if given is not None and pin is not None and given != pin:
+            raise ConfigError(f"--weights {weights!r} gives sha256 {given} but preset "
+                              f"{preset.name!r} pins {pin}")
+        if fetch.is_remote(location):
+            # every node fetches the file by URI; the hash travels with it and is checked
+            # here first, so a wrong file or hash fails before any trial
+            want = given or pin or fetch.published_sha256(location)
+            remote = location if want is None else fetch.with_sha256(location, want)
+            base = load_base(preset.model, remote)
+            return remote, base.weights_hash
+        path = Path(location).expanduser().resolve()
         if not path.is_file():
-            raise ConfigError(f"--weights {weights!r} is not a file")
-        base = load_base(preset.model, path)  # a mismatching file fails here, not in trials
-        return str(path), base.weights_hash
+            raise ConfigError(f"--weights {location!r} is not a file")
+        local = str(path) if (given or pin) is None else fetch.with_sha256(str(path), given or pin)
+        base = load_base(preset.model, local)  # a mismatching file fails here, not in trials
+        return local, base.weights_hash
     if preset.random_init:
         return None, "random-init"
     shipped = shipped_weights(preset.model)
@@ -349,6 +431,9 @@ def code_version() -> str:
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+DASHBOARD_ENV = "ATTRSUB_RAY_DASHBOARD"  # "0": a local study starts Ray without its dashboard
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster a job runs in, or start a local one that only this machine can reach.
 
@@ -369,12 +454,17 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ[LOCAL_ONLY_ENV] = "0"  # Ray's own processes, started below, read it
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it when it imported ray
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
+    dashboard = os.environ.get(DASHBOARD_ENV, "1") != "0"
+    ctx = ray.init(
         num_cpus=num_cpus or os.cpu_count() or 1,
-        include_dashboard=False,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
+    url = getattr(ctx, "dashboard_url", None)
+    print(f"Ray dashboard: http://{url}" if url else
+          f"Ray dashboard: off ({DASHBOARD_ENV}=0 or it did not start)", flush=True)
 
 
 @contextlib.contextmanager
@@ -391,10 +481,10 @@ def session(st: Study, num_cpus: int | None = None, *, actor: bool = True) -> It
     from sweeps import actor as subspace_actor
 
     make_dirs(st.paths)
-    # Ctrl-C raises KeyboardInterrupt, which the entry point turns into one line saying
-    # --resume, instead of Tune's handler ending the run and suggesting Tuner.restore
+    # Ctrl-C is ours (``_on_sigint``), not Tune's, whose handler ends the run suggesting
+    # Tuner.restore; the entry point turns it into one line saying --resume
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    with _dir_lock(st.paths.local, st.name):
+    with _dir_lock(st.paths.local, st.name), _ctrl_c():
         write_record(st.record, claim(st))  # again: another driver may have been first
         init_ray(num_cpus)
         lock = _cluster_lock(st)
@@ -404,7 +494,7 @@ def session(st: Study, num_cpus: int | None = None, *, actor: bool = True) -> It
                 p = st.preset
                 handle = subspace_actor.get_or_create(
                     st.id, st.paths.local, list(p.factors), p.groups * len(p.adapter_seeds),
-                    p.extraction,
+                    p.extraction, published=st.paths.tables if st.paths.remote else None,
                 )
             yield handle
         finally:
@@ -412,6 +502,40 @@ def session(st: Study, num_cpus: int | None = None, *, actor: bool = True) -> It
                 if h is not None:
                     with contextlib.suppress(Exception):
                         ray.kill(h)
+
+
+# Set by Ctrl-C; while Tune runs (``_IN_TUNE``) the stage's stopper ends its trials and
+# ``fit`` raises KeyboardInterrupt once Tune has returned, so no exception has to travel
+# through Ray's and Tune's internals (which may swallow it and finish the stage).
+_INTERRUPT = threading.Event()
+_IN_TUNE = threading.Event()
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C stopped this driver (a module function, so Tune's pickled callbacks
+    refer to it instead of copying the event)."""
+    return _INTERRUPT.is_set()
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _INTERRUPT.set()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+    if not _IN_TUNE.is_set():
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[None]:
+    """Ctrl-C handling for one driver session (main thread only, as Python requires)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _INTERRUPT.clear()
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -472,17 +596,39 @@ def progress(total: int, desc: str) -> Any:
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.bar.update(1)
+            self._say(trial, "ok")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.failed += 1
             self.bar.set_postfix(failed=self.failed)
             self.bar.update(1)
+            self._say(trial, "failed")
+
+        def _say(self, trial: Any, status: str) -> None:
+            """One line per finished trial, readable in ``ray job logs --follow`` too."""
+            self.bar.write(status_line(desc, self.bar.n, total, trial.config.get("job", {}),
+                                       trial.last_result or {}, status))
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             self.bar.close()
             _BARS.discard(self.bar)
 
     return _Progress()
+
+
+def status_line(stage: str, done: int, total: int, job: dict[str, Any],
+                result: dict[str, Any], status: str) -> str:
+    """``mining 3/8 ok factor=texture group=1 seed=0 loss=0.412 12.3 s``: one finished trial."""
+    what = " ".join(f"{k}={v}" for k, v in job.items()
+                    if k in ("factor", "group", "seed", "task", "method", "factors", "rank",
+                             "ortho", "extraction", "lr"))
+    stats = []
+    for keys, fmt in ((("final_loss", "loss"), "loss={:.4g}"),
+                      (("trial_wall_s", "train_wall_s"), "{:.1f} s")):
+        value = next((result[k] for k in keys if isinstance(result.get(k), int | float)), None)
+        if value is not None:
+            stats.append(fmt.format(value))
+    return " ".join(p for p in (f"{stage} {done}/{total} {status}", what, *stats) if p)
 
 
 def recorder(table: str, row: Any, written: Callable[[str], None] | None = None) -> Any:
@@ -507,9 +653,11 @@ def recorder(table: str, row: Any, written: Callable[[str], None] | None = None)
         def _write(self, trial: Any, error: BaseException | None) -> None:
             if self.failure is not None:
                 return
+            r = row(trial.config["job"], trial.last_result, error)
+            if interrupted() and r.get("status") != "ok":
+                return  # stopped by Ctrl-C: no row, so --resume runs it again
             try:
-                upsert_table([row(trial.config["job"], trial.last_result, error)], table,
-                             trials_schema)
+                upsert_table([r], table, trials_schema)
             except StorageError as exc:
                 self.failure = exc
                 return
@@ -541,7 +689,7 @@ def run_config(experiment: str, paths: StudyPaths, total: int, desc: str,
             return False
 
         def stop_all(self) -> bool:
-            return rec.failure is not None
+            return rec.failure is not None or interrupted()
 
     return tune.RunConfig(
         name=experiment, storage_path=paths.storage,
@@ -562,7 +710,7 @@ def run_grid(
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space={"job": tune.grid_search(jobs), "params": params,
-                     "study_id": study_id(study, paths),
+                     "study_id": study_id(study, paths), "real_data": paths.real_data,
                      "cache": str(paths.cache), "cpu": resources["cpu"]},
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=run_config(experiment, paths, len(jobs), desc, rec),
@@ -571,13 +719,19 @@ def run_grid(
 
 
 def fit(tuner: Any, rec: Any) -> Any:
-    """``tuner.fit()``, raising the recorder's StorageError once storage has failed: Tune may
+    """``tuner.fit()``, raising KeyboardInterrupt after a Ctrl-C stopped it (``_on_sigint``),
+    and the recorder's StorageError once storage has failed: Tune may
     then trip over files it could not write itself (an empty error.pkl raises EOFError while
     it builds the results), which would hide the cause."""
+    _IN_TUNE.set()
     try:
         results = tuner.fit()
     except Exception:
         rec.check()
         raise
+    finally:
+        _IN_TUNE.clear()
+    if _INTERRUPT.is_set():
+        raise KeyboardInterrupt
     rec.check()
     return results

@@ -52,6 +52,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attrsub import storage
 from attrsub.cli import COUNT
 from attrsub.errors import ConfigError
 from attrsub.tasks import get_task
@@ -69,6 +70,7 @@ from sweeps.runtime import (
     STUDY_ERRORS,
     Study,
     StudyPaths,
+    ensure_task_data,
     fit,
     open_study,
     print_error,
@@ -239,10 +241,10 @@ def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, 
     named one or the latest with the same task, method and objectives."""
     import optuna
 
-    storage = _journal(path)
+    journal = _journal(path)
     if resume:
         name = find_optuna(path, name, attrs)
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=journal, sampler=sampler)
         if [d.name.lower() for d in study.directions] != dirs:
             raise ConfigError(f"Optuna study {name!r} optimises {len(study.directions)} "
                               f"objective(s); resume it with its own --objectives")
@@ -250,7 +252,7 @@ def open_optuna(path: Path, name: str | None, resume: bool, attrs: Mapping[str, 
     stamp = datetime.now(timezone.utc)
     name = name or (f"{attrs['study']}-{attrs['task']}-{attrs['method']}-"
                     f"{stamp:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}")
-    study = optuna.create_study(storage=storage, study_name=name, directions=dirs,
+    study = optuna.create_study(storage=journal, study_name=name, directions=dirs,
                                 sampler=sampler, load_if_exists=False)
     for k, v in {**attrs, "created": stamp.isoformat()}.items():
         study.set_user_attr(k, v)
@@ -499,32 +501,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampler = make_sampler(sampler_name, args.seed, cfg.startup_trials, len(objectives))
     st = open_study(args, adds=True)
     name, paths, version, weights = st.name, st.paths, st.version, st.weights
-    get_task(args.task).require_data(paths.cache)
+    ensure_task_data(args.task, paths.cache, paths.real_data)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     attrs = {"study": name, "task": args.task, "method": args.method,
              "objectives": args.objectives, "preset": preset.name, "sampler": sampler_name}
     if args.optuna_study and not args.resume:
         raise ConfigError("--optuna-study names a study to continue: add --resume")
     if args.resume:  # the search to continue exists, or stop before anything is written
+        pull_journal(paths)
         find_optuna(paths.local / JOURNAL, args.optuna_study, attrs)
     with session(st, args.num_cpus, actor=args.method == "reduced") as handle:
+        pull_journal(paths)
         study = open_optuna(paths.local / JOURNAL, args.optuna_study, args.resume, attrs,
                             directions(args.task, objectives), sampler)
-        job_of = search_jobs(preset, space, args.task, args.method, study.study_name)
-        stale = settle_stale(study, {r["trial_id"]: r for r in read_table(paths.table("trials"))},
-                             objectives, job_of)
-        record_interrupted(preset, name, version, paths, stale)
-        before = len(study.trials)
-        if handle is not None:
-            _bank(preset, st, handle)
-        rows, told = _search(preset, cfg, space, study, job_of, name, paths, version, weights,
-                             args, objectives, trials)
+        try:
+            job_of = search_jobs(preset, space, args.task, args.method, study.study_name)
+            stale = settle_stale(
+                study, {r["trial_id"]: r for r in read_table(paths.table("trials"))},
+                objectives, job_of)
+            record_interrupted(preset, name, version, paths, stale)
+            before = len(study.trials)
+            if handle is not None:
+                _bank(preset, st, handle)
+            rows, told = _search(preset, cfg, space, study, job_of, name, paths, version,
+                                 weights, args, objectives, trials)
+        finally:
+            push_journal(paths)
     pareto = None
     if len(objectives) == 2:
         pareto = pareto_rows(study, name, version, args.objectives)
         write_pareto(pareto, study.study_name, paths.table("pareto"))
     return {
-        "optuna_study": study.study_name, "journal": str(paths.local / JOURNAL),
+        "optuna_study": study.study_name,
+        "journal": paths.file(JOURNAL) if paths.remote else str(paths.local / JOURNAL),
         "rows": rows, "told": dict(told), "trials_before": before,
         "trials_after": len(study.trials), "states": dict(Counter(
             t.state.name for t in study.trials)),
@@ -616,7 +625,7 @@ def run_streams(preset: Preset, streams: Sequence[Stream], name: str, paths: Stu
     tuner = tune.Tuner(
         tune.with_resources(finetune_trial, res),
         param_space={"params": params, "study_id": study_id(name, paths),
-                     "cache": str(paths.cache),
+                     "real_data": paths.real_data, "cache": str(paths.cache),
                      "cpu": res["cpu"]},
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=total, max_concurrent_trials=concurrency,
@@ -652,7 +661,8 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
     if cfg is None:
         raise ConfigError(f"preset {preset.name!r} has no downstream.lr_search")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _journal(paths.local / JOURNAL)
+    pull_journal(paths)
+    journal = _journal(paths.local / JOURNAL)
     recorded = {r["trial_id"]: r for r in read_table(paths.table("trials"))}
     streams, studies, stale = [], {}, []
     for task in preset.tasks:
@@ -663,7 +673,7 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
             sampler = (_grid_sampler({"lr": cfg.rates(lr)}, cfg.seed) if cfg.sampler == "grid"
                        else make_sampler(cfg.sampler, cfg.seed, 0, 1))
             study = optuna.create_study(
-                storage=storage, study_name=lr_study_name(name, task, method),
+                storage=journal, study_name=lr_study_name(name, task, method),
                 directions=directions(task, ("error",)), sampler=sampler, load_if_exists=True)
             job_of = _lr_job(preset, task, method)
             stale += settle_stale(study, recorded, ("error",), job_of)
@@ -682,8 +692,11 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
         # per study (asked in turn), never several rates before it has seen any result.
         grid = cfg.sampler == "grid"
         concurrency = sum(s.budget for s in streams) if grid else len(streams)
-        run_streams(preset, streams, name, paths, version, weights,
-                    experiment=f"{name}-lr", desc="lr search", concurrency=concurrency)
+        try:
+            run_streams(preset, streams, name, paths, version, weights,
+                        experiment=f"{name}-lr", desc="lr search", concurrency=concurrency)
+        finally:
+            push_journal(paths)
     return {key: (s.best_params["lr"] if _has_complete(s) else preset.lr[key[1]])
             for key, s in studies.items()}
 
@@ -717,6 +730,20 @@ def _grid_sampler(grid: dict[str, list[float]], seed: int) -> Any:
             return None
 
     return AskTellGrid(grid, seed=seed)
+
+
+def pull_journal(paths: StudyPaths) -> None:
+    """A URI study's journal into this head's cache, when the cache has none (a fresh head)."""
+    local, published = paths.local / JOURNAL, paths.file(JOURNAL)
+    if paths.remote and not local.is_file() and storage.exists(published):
+        storage.get_file(published, local)
+
+
+def push_journal(paths: StudyPaths) -> None:
+    """Publish a snapshot of the journal to a URI study (object stores cannot append)."""
+    local = paths.local / JOURNAL
+    if paths.remote and local.is_file():
+        storage.put_file(local, paths.file(JOURNAL))
 
 
 def _journal(path: Path) -> Any:

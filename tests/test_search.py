@@ -175,6 +175,38 @@ def test_each_run_gets_its_own_study_and_resume_picks_the_latest(tmp_path: Path)
         open_optuna(journal, second.study_name, True, attrs, ["minimize", "minimize"], None)
 
 
+def test_optuna_dashboard_reads_the_journal(tmp_path: Path) -> None:
+    """`optuna-dashboard <study>/optuna.journal` works: the dashboard's own storage guess and
+    its JSON API see our studies and their trials (called through its WSGI app)."""
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna.distributions import FloatDistribution
+    from optuna_dashboard import wsgi
+
+    journal = tmp_path / "optuna.journal"
+    attrs = {"study": "s", "task": "print_attack", "method": "reduced",
+             "objectives": "error", "preset": "smoke", "sampler": "tpe"}
+    study = open_optuna(journal, None, False, attrs, ["minimize"], None)
+    study.tell(study.ask({"lr": FloatDistribution(1e-4, 1e-2, log=True)}), 0.5)
+    app = wsgi(str(journal))
+
+    def get(path: str) -> dict:
+        environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+        setup_testing_defaults(environ)
+        said: list[str] = []
+        body = b"".join(app(environ, lambda status, headers, *_: said.append(status)))
+        assert said[0].startswith("200"), (path, said, body[:300])
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == [study.study_name]
+    assert {"key": "task", "value": "print_attack"} in studies[0]["user_attrs"]
+    detail = get(f"/api/studies/{studies[0]['study_id']}")
+    assert len(detail["trials"]) == 1 and detail["trials"][0]["values"] == [0.5]
+
+
 def test_resume_settles_the_trials_a_killed_driver_left_running(tmp_path: Path) -> None:
     import optuna
 

@@ -187,13 +187,17 @@ def test_a_local_study_ray_listens_on_loopback_only_and_keeps_token_auth(tmp_pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # Ray's defaults
     env["PYTHONPATH"] = str(REPO)
     env["HOME"] = str(tmp_path)  # Ray makes its token in ~/.ray
+    env["ATTRSUB_RAY_DASHBOARD"] = "1"  # as a user gets it: the dashboard on loopback too
     driver = subprocess.Popen([sys.executable, "-c", _LOCAL_RAY, str(tmp_path / "st")],
                               env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        line = driver.stdout.readline()
-        assert line, driver.stderr.read()[-3000:]
-        out = json.loads(line)
+        said = [driver.stdout.readline()]
+        while said[-1] and not said[-1].startswith("{"):
+            said.append(driver.stdout.readline())
+        assert said[-1], driver.stderr.read()[-3000:]
+        out = json.loads(said[-1])
+        assert any(x.startswith("Ray dashboard: http://127.0.0.1:") for x in said), said
         assert out["token"] is True
         assert (tmp_path / ".ray" / "auth_token").is_file()
         assert out["node"] == "127.0.0.1"
