@@ -17,7 +17,6 @@ What the files hold is documented in ``attrsub.captures``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from attrsub.data import default_cache_root
 from attrsub.errors import DataError
+from attrsub.fetch import file_sha256
 from attrsub.fsio import check_creatable, publish_dir, write_json
 
 PACKAGES = ("visp-images-data", "opencv-doc")
@@ -213,21 +213,13 @@ def require_real_data(cache: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_files(root: Path) -> None:
     """DataError naming the first file under ``root`` whose sha256 is not the recorded one."""
     for name, expected in SHA256.items():
         path = root / name
         if not path.is_file():
             raise DataError(f"{str(path)!r} is missing (expected from {package_path(name)})")
-        got = sha256_file(path)
+        got = file_sha256(path)
         if got != expected:
             raise DataError(
                 f"{name}: sha256 {got} does not match the recorded {expected} (recorded "

@@ -1,6 +1,7 @@
 """Benchmark of the VGGT-architecture model: time and peak memory of forward and training steps.
 
-Run: ``python bench/model.py [--configs vggt-tiny vggt-small] [--frames 2 4 8] [--size 112]``
+Run: ``python bench/model.py [--configs vggt-tiny vggt-small] [--frames 2 4 8] [--size 112]
+[--methods full lora reduced]``
 
 For every config and frame count it prints the median forward time (eval, no grad), the
 median forward+backward time (train mode, the loss touches every head) and the peak memory
@@ -13,7 +14,8 @@ polled from /proc/self/statm every 0.5 ms. Every configuration runs in a fresh s
 earlier, larger step cannot hide the peak, with glibc told to mmap blocks from 64 KiB so
 freed tensors leave the resident set. On CUDA it is
 ``torch.cuda.max_memory_allocated`` over the allocation before the step; with CUDA present
-``vggt-1b`` at 518 px is measured too (bf16 autocast, as VGGT trains).
+``vggt-1b`` at 518 px and ``--cuda-frames`` (8 and 16) is measured too (bf16 autocast, as
+VGGT trains), for full fine-tuning, LoRA r 16 and the reduced adapter at D 64.
 """
 
 from __future__ import annotations
@@ -85,15 +87,25 @@ def _median_time(fn: object, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
+# What a training step trains: every weight but the patch encoder, LoRA r 16, or the
+# reduced adapter at D 64 (random orthonormal U, V: the same compute as mined bases).
+METHODS = {"full": ("full", 0), "lora": ("lora", 16), "reduced": ("random", 64)}
+
+
 def measure(name: str, frames: int, size: int, checkpointing: bool, repeats: int,
-            device: str) -> dict[str, float]:
+            device: str, method: str = "full") -> dict[str, float]:
     """Peak memory of the first training step, then median forward and training-step times.
 
     The memory step comes first, before any warm-up: freed blocks that the C allocator keeps
     would otherwise be reused and hide the step's growth of the resident set.
     """
+    from attrsub.methods import prepare
+
     torch.manual_seed(0)
     model = build(name, device=device, gradient_checkpointing=checkpointing)
+    kind, rank = METHODS[method]
+    model, _ = prepare(kind, model, rank=max(rank, 1))
+    model.to(device)
     images = torch.rand(1, frames, 3, size, size, device=device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda")
 
@@ -147,34 +159,42 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=112, help="square image side, pixels")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--one", nargs=6, metavar=("NAME", "FRAMES", "SIZE", "CKPT", "REPEATS",
-                                                   "DEVICE"), help=argparse.SUPPRESS)
+    parser.add_argument("--methods", nargs="+", default=["full"], choices=sorted(METHODS),
+                        help="what the training step trains (CUDA runs all three)")
+    parser.add_argument("--cuda-frames", nargs="+", type=int, default=[8, 16],
+                        help="frames of the vggt-1b runs at 518 px on CUDA")
+    parser.add_argument("--one", nargs=7, metavar=("NAME", "FRAMES", "SIZE", "CKPT", "REPEATS",
+                                                   "DEVICE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        name, frames, size, ckpt, repeats, device = args.one
-        result = measure(name, int(frames), int(size), ckpt == "1", int(repeats), device)
+        name, frames, size, ckpt, repeats, device, method = args.one
+        result = measure(name, int(frames), int(size), ckpt == "1", int(repeats), device,
+                         method)
         print(json.dumps(result))
         return
 
     print("parameters")
     for name in CONFIGS:
         print("  " + _params(name))
-    runs = [(name, frames, args.size, "cpu") for name in args.configs for frames in args.frames]
+    runs = [(name, frames, args.size, "cpu", m) for name in args.configs
+            for frames in args.frames for m in args.methods]
     if torch.cuda.is_available():
-        runs += [("vggt-1b", frames, 518, "cuda") for frames in args.frames]
+        runs += [("vggt-1b", frames, 518, "cuda", m) for frames in args.cuda_frames
+                 for m in sorted(METHODS)]
     print(f"\nload average (1 min) at the start: {os.getloadavg()[0]:.2f}")
     print(f"torch {torch.__version__}, {args.threads} CPU threads, batch 1, median of "
           f"{args.repeats}; ckpt = gradient checkpointing on; ratio = ckpt / plain")
-    header = (f"{'config':11s} {'dev':4s} {'px':>4s} {'S':>2s} {'fwd s':>7s} {'train s':>8s} "
+    header = (f"{'config':11s} {'dev':4s} {'px':>4s} {'S':>2s} {'trains':>7s} {'fwd s':>7s} "
+              f"{'train s':>8s} "
               f"{'peak MB':>8s} | {'ckpt train s':>12s} {'ckpt MB':>8s} | {'time x':>6s} "
               f"{'mem x':>6s}")
     print(header)
     print("-" * len(header))
-    for name, frames, size, device in runs:
+    for name, frames, size, device, method in runs:
         plain, ckpt = (_in_subprocess([name, str(frames), str(size), flag, str(args.repeats),
-                                       device]) for flag in ("0", "1"))
-        print(f"{name:11s} {device:4s} {size:4d} {frames:2d} {plain['fwd_s']:7.3f} "
+                                       device, method]) for flag in ("0", "1"))
+        print(f"{name:11s} {device:4s} {size:4d} {frames:2d} {method:>7s} {plain['fwd_s']:7.3f} "
               f"{plain['train_s']:8.3f} {plain['peak_mb']:8.1f} | {ckpt['train_s']:12.3f} "
               f"{ckpt['peak_mb']:8.1f} | {ckpt['train_s'] / plain['train_s']:6.2f} "
               f"{_ratio(ckpt['peak_mb'], plain['peak_mb'])}", flush=True)

@@ -6,6 +6,7 @@ code, so the comparison isolates geometry queries. It also reports how well the 
 maps agree (tessellation error only). Without trimesh/embreex it prints a note and skips.
 
     python bench/render.py [--scenes 8] [--views 4] [--repeats 3] [--threads 2]
+    python bench/render.py --device cuda --sizes 518 --dataset paper   # the paper's sizes
 """
 
 from __future__ import annotations
@@ -27,14 +28,43 @@ from attrsub.scene import SceneSpec
 SIZES = (56, 112, 224)
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up: allocator, thread pool
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def time_dataset(preset_name: str, device: str) -> None:
+    """Wall time to render one factor dataset of a preset's mining size (into a temp cache)."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from attrsub.data import DatasetSpec, render_factor_dataset
+    from sweeps.config import load_preset
+
+    p = load_preset(preset_name)
+    spec = DatasetSpec("texture", scenes=p.scenes["mine"], views=p.views, size=p.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        _sync()
+        start = time.perf_counter()
+        render_factor_dataset(spec, tmp, device=device)
+        _sync()
+        wall = time.perf_counter() - start
+    print(f"one {preset_name} factor dataset ({spec.scenes} scenes x {spec.views} views at "
+          f"{spec.size} px) on {device}: {wall:.1f} s")
 
 
 def _mesh_scene(spec: SceneSpec) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -176,6 +206,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--compiled", action="store_true", help="also time render(compiled=True)")
+    ap.add_argument("--device", default="cpu", help="where attrsub renders: cpu or cuda")
+    ap.add_argument("--dataset", default=None, metavar="PRESET",
+                    help="also time rendering one factor dataset of PRESET's mining size")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     # Narrow geometry (<= 10 primitives) and broad lighting (1-3 lights, shadows from each).
@@ -199,11 +232,13 @@ def main() -> None:
     head = f"{'size':>5} {'attrsub fps':>12}" + (f" {'compiled fps':>13}" if args.compiled else "")
     print(head + f" {'embree fps':>11} {'depth |rel| median':>19} {'within 1%':>10}")
     for size in args.sizes:
-        ours = frames / _median_seconds(lambda size=size: R.render(specs, size), args.repeats)
+        ours = frames / _median_seconds(
+            lambda size=size: R.render(specs, size, device=args.device), args.repeats)
         row = f"{size:>5} {ours:>12.1f}"
         if args.compiled:
             fused = frames / _median_seconds(
-                lambda size=size: R.render(specs, size, compiled=True), args.repeats
+                lambda size=size: R.render(specs, size, compiled=True, device=args.device),
+                args.repeats
             )
             row += f" {fused:>13.1f}"
         if meshes is not None:
@@ -212,13 +247,15 @@ def main() -> None:
                 return [_embree_render(s, *m, size) for s, m in zip(specs, meshes, strict=True)]
 
             theirs = frames / _median_seconds(alt, args.repeats)
-            depth_ours = R.render(specs, size)["depths"]
+            depth_ours = R.render(specs, size, device=args.device)["depths"].cpu()
             depth_alt = torch.stack([dep for _, dep in alt()])
             both = (depth_ours > 0) & (depth_alt > 0)
             rel = ((depth_alt - depth_ours).abs() / depth_ours)[both]
             close = (rel < 0.01).float().mean().item()
             row += f" {theirs:>11.1f} {rel.median().item():>19.2e} {close:>10.3f}"
         print(row)
+    if args.dataset is not None:
+        time_dataset(args.dataset, args.device)
 
 
 if __name__ == "__main__":
