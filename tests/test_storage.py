@@ -218,3 +218,33 @@ def test_real_captures_are_published_once_and_pulled_by_a_fresh_node(
     with pytest.raises(DataError, match="sha256"):
         ensure_task_data("real", tmp_path / "node2", f"file://{damaged}")
     assert not (tmp_path / "node2" / CACHE_NAME).exists()
+
+
+def test_the_subspace_actor_publishes_and_a_fresh_one_pulls_back(tmp_path: Path) -> None:
+    """The actor's class without Ray: what a crashed head left unpublished is published on
+    restart, and an actor with an empty cache pulls every adapter and bank back."""
+    from attrsub.lora import SIDECAR
+    from attrsub.mine import mine_adapter
+    from sweeps.actor import SubspaceActor
+
+    head = tmp_path / "head"
+    mine_adapter("texture", 0, 0, head / "adapters" / "mine-texture-g0-s0", random_init=True,
+                 scenes=1, views=2, size=28, steps=1, batch_size=1, rank=2,
+                 cache=tmp_path / "cache")
+    (head / "banks").mkdir()
+    (head / "banks" / "bank-irls.safetensors").write_bytes(b"a bank's bytes")
+    (head / "banks" / ".bank-mean.safetensors.tmp").write_bytes(b"half written")
+    where = f"file://{tmp_path / 'store'}"
+    extract = {"method": "irls", "rank": 2}
+    first = SubspaceActor(str(head), ["texture"], 3, extract, published=where)
+    assert first.counts["published"] == 2 and first.counts["pulled"] == 0
+    assert storage.exists(storage.join(where, "adapters", "mine-texture-g0-s0", SIDECAR))
+    assert storage.list_names(storage.join(where, "banks")) == ["bank-irls.safetensors"]
+    again = SubspaceActor(str(head), ["texture"], 3, extract, published=where)
+    assert again.counts["published"] == 0  # nothing left to publish
+
+    fresh = SubspaceActor(str(tmp_path / "new-head"), ["texture"], 3, extract, published=where)
+    assert fresh.counts["pulled"] == 2 and fresh.stats()["adapters"] == {"texture": 1}
+    assert fresh.adapter_meta("mine-texture-g0-s0") is not None
+    assert (tmp_path / "new-head" / "banks" / "bank-irls.safetensors").read_bytes() == (
+        b"a bank's bytes")
