@@ -142,7 +142,7 @@ class Study:
 
     @property
     def record(self) -> str:
-        return f"{self.paths.tables}/{STUDY_RECORD}"
+        return self.paths.file(STUDY_RECORD)
 
 
 def study_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
