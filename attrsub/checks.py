@@ -2,8 +2,8 @@
 
 Counts and rates, names from a fixed list, the compute device, and whether a job's data
 fit in this machine's memory and on its disk. The command line wraps each one as an
-argparse ``type``; the library calls the same functions, so a bad value gets the same one
-line whichever way it comes in.
+argparse ``type``, and the library calls the same functions where it checks the same
+things (a rank, whether data fit), so such a value gets the same line either way.
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ def one_of(value: Any, valid: Iterable[str], what: str) -> str:
 
 def check_device(device: Any) -> str:
     """``device`` if torch can run on it here: cpu, cuda, cuda:N (an existing GPU) or mps."""
-    import torch
-
     text = str(device)
     if text == "cpu":
-        return text
+        return text  # argparse checks the default too: no torch import for it
+    import torch
+
     usable = ["cpu"]
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus:

@@ -309,9 +309,10 @@ def cmd_bank_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from attrsub.export import check_out_folder, export_peft_lora
+    from attrsub.export import export_peft_lora
+    from attrsub.fsio import check_new_dir
 
-    check_out_folder(args.out)
+    check_new_dir(args.out)
     print(export_peft_lora(args.adapter, args.out, base=_base_or_none(args), bank=args.bank))
     return 0
 

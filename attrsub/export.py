@@ -36,25 +36,13 @@ from torch import Tensor
 from attrsub import __version__
 from attrsub.base import BaseModel
 from attrsub.errors import ConfigError, DataError
-from attrsub.fsio import check_creatable, publish_dir, read_safetensors
+from attrsub.fsio import check_new_dir, publish_dir, read_safetensors
 from attrsub.lora import CONFIG_FILE, PEFT_PREFIX, SIDECAR, WEIGHTS_FILE, read_sidecar
 
 FORMATS = ("peft-lora",)
 EXPORTABLE = ("lora", "reduced", "psv", "random")
 REDUCED_FAMILY = ("reduced", "psv", "random")
 META_KEY = "attrsub"
-
-
-def check_out_folder(out_dir: str | os.PathLike[str], what: str = "--out") -> Path:
-    """Refuse an output folder that exists or cannot be made, creating nothing.
-
-    Called before any work, so a bad ``--out`` fails at once and leaves the disk untouched.
-    """
-    out = Path(out_dir).expanduser()
-    if out.exists() or out.is_symlink():
-        raise ConfigError(f"{what} {str(out)!r} already exists; give a new folder")
-    check_creatable(out, what)
-    return out
 
 
 def export_peft_lora(
@@ -72,7 +60,7 @@ def export_peft_lora(
     ``reduced`` adapter used. ``base.model`` is not modified (the work is done on a copy);
     given with a LoRA, ``base`` is only checked against the adapter's base weights hash.
     """
-    out = check_out_folder(out_dir)
+    out = check_new_dir(out_dir)
     root = Path(adapter_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"adapter folder {str(root)!r} does not exist")
@@ -117,10 +105,6 @@ def _method(root: Path) -> tuple[str, dict[str, Any]]:
     return method, row
 
 
-def _read(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
-    return read_safetensors(path, what)
-
-
 def _write(
     dest: Path, config: dict[str, Any], tensors: dict[str, Tensor], record: dict[str, Any]
 ) -> None:
@@ -144,7 +128,7 @@ def _lora_fill(adapter: Path, base: BaseModel | None) -> Callable[[Path], None]:
         raise DataError(f"adapter {str(adapter)!r} has no readable {CONFIG_FILE}: {exc}") from exc
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise DataError(f"adapter {str(adapter)!r} is not a PEFT LoRA adapter ({CONFIG_FILE})")
-    _, tensors = _read(adapter / WEIGHTS_FILE, "adapter weights")
+    _, tensors = read_safetensors(adapter / WEIGHTS_FILE, "adapter weights")
     for key in tensors:
         if key.endswith(".lora_A.weight"):
             pair = key.removesuffix(".lora_A.weight") + ".lora_B.weight"
@@ -241,7 +225,7 @@ def _reduced_fill(
         raise ConfigError(f"{str(root)!r} is a reduced adapter: pass the bank it used (--bank)")
     if method != "reduced" and bank is not None:
         raise ConfigError(f"{str(root)!r} is a {method} adapter, which uses no bank; drop --bank")
-    meta, _ = _read(root / "reduced.safetensors", "reduced adapter")
+    meta, _ = read_safetensors(root / "reduced.safetensors", "reduced adapter")
     b = _resolve_base(row, root, base)
     tensors, ranks = reduced_as_lora(load_trained(b, root, bank=bank))
     config = peft_config(ranks)

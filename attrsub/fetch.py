@@ -31,7 +31,7 @@ def cache_root() -> Path:
 
 def is_remote(weights: str | os.PathLike[str]) -> bool:
     """Whether ``weights`` names a file by URI (fetched into the cache) rather than a path."""
-    return storage.is_uri(split(weights)[0]) or split(weights)[0].startswith("https://")
+    return storage.is_uri(split(weights)[0])  # https:// included
 
 
 def split(weights: str | os.PathLike[str]) -> tuple[str, str | None]:

@@ -57,6 +57,15 @@ def check_creatable(path: str | os.PathLike[str], what: str = "output folder") -
     return folder
 
 
+def check_new_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Raise ConfigError unless ``path`` is a folder that does not exist yet and could be made
+    (a finished output is never overwritten); nothing is created."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_symlink():
+        raise ConfigError(f"{what} {str(p)!r} already exists; give a new folder")
+    return check_creatable(p, what)
+
+
 def check_new_file(path: str | os.PathLike[str], what: str = "--out") -> Path:
     """Raise ConfigError unless a file could be written at ``path`` (its folder need not exist)."""
     p = Path(path).expanduser()

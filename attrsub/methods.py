@@ -32,10 +32,10 @@ from typing import Any
 from torch import nn
 
 from attrsub.bank import BasisSet
-from attrsub.checks import check_render_fits, check_training_fits
+from attrsub.checks import check_render_fits, check_training_fits, positive_int
 from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import check_creatable, publish_dir, write_json
-from attrsub.lora import FROZEN_PREFIX, LoraSpec, apply_lora, check_width, target_modules
+from attrsub.lora import FROZEN_PREFIX, LoraSpec, apply_lora, target_modules
 from attrsub.reduced import (
     apply_reduced,
     named_basis_hash,
@@ -55,11 +55,6 @@ def check_method(method: str) -> None:
 
 def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _check_rank(rank: int) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"rank must be a positive integer, got {rank!r}")
 
 
 def prepare(
@@ -82,7 +77,7 @@ def prepare(
     from ``bank``, ``factors``, ``ranks``/``rank``, ``ortho`` and ``total_rank``.
     """
     check_method(method)
-    _check_rank(rank)
+    positive_int(rank, "rank")
     if method == "none":
         for p in model.parameters():
             p.requires_grad_(False)
@@ -96,8 +91,6 @@ def prepare(
         peft_model = apply_lora(model, spec, init="pissa" if method == "pissa" else "default")
         return peft_model, _count(peft_model)
     layers = target_modules(model, LoraSpec(rank=rank))
-    if method in ("psv", "random"):
-        check_width(model, layers, rank)
     if method == "psv":
         model = apply_reduced(
             model, psv_bases(model, layers, rank), named_basis_hash("psv", base_hash, rank)

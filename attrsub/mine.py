@@ -21,7 +21,7 @@ from attrsub.checks import check_training_fits
 from attrsub.data import FACTORS, DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError, DataError
 from attrsub.evidence import ALL_LAYERS, evidence_rows, load_adapters
-from attrsub.fsio import check_creatable, publish_dir
+from attrsub.fsio import check_creatable, check_new_dir, publish_dir
 from attrsub.lora import (
     LoraSpec,
     apply_lora,
@@ -83,10 +83,7 @@ def mine_adapter(
     )
     if factor not in FACTORS:
         raise ConfigError(f"unknown factor {factor!r} to mine; valid: {', '.join(FACTORS)}")
-    out = Path(out)
-    if out.exists():
-        raise ConfigError(f"adapter folder {str(out)!r} already exists; choose another --out")
-    check_creatable(out.parent, "--out folder")
+    out = check_new_dir(out, "adapter folder")
     if checkpoint_dir is not None:
         check_creatable(checkpoint_dir, "checkpoint folder")
     check_training_fits(scenes, views, size)
