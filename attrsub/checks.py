@@ -20,14 +20,14 @@ from attrsub.errors import ConfigError
 
 DEVICES = ("cpu", "cuda", "cuda:N", "mps")
 _CUDA = re.compile(r"cuda(?::(\d+))?")
-# Bytes per pixel of one stored view of a rendered scene (attrsub.data's shard layout):
+# Bytes per pixel of one stored view of a rendered scene (attrsub.data.datasets's shard layout):
 # images and albedo uint8 x3, depth float32, world points float32 x3, normals float16 x3,
 # valid bool.
 STORED_BYTES_PER_PIXEL = 3 + 3 + 4 + 12 + 6 + 1
 # Bytes per pixel of one view as the renderer returns it and a loaded sample holds it
 # (float32 images, albedo, depth, world points and normals, bool valid).
 FLOAT_BYTES_PER_PIXEL = 12 + 12 + 4 + 12 + 12 + 1
-# Scenes the renderer draws at once and a shard holds (attrsub.data).
+# Scenes the renderer draws at once and a shard holds (attrsub.data.datasets).
 RENDER_BATCH, SHARD_SCENES = 16, 64
 
 

@@ -74,7 +74,7 @@ def _progress_printer(label: str) -> Callable[[int, int], None]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from attrsub.data import DatasetSpec, default_cache_root, render_factor_dataset
+    from attrsub.data.datasets import DatasetSpec, default_cache_root, render_factor_dataset
     from attrsub.fsio import check_creatable
 
     spec = DatasetSpec(
@@ -96,9 +96,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from attrsub.data import find_datasets
+    from attrsub.data.datasets import find_datasets
+    from attrsub.data.sheet import contact_sheet, family_sheet
     from attrsub.fsio import check_new_file
-    from attrsub.sheet import contact_sheet, family_sheet
 
     if (args.data is None) == (not args.families):
         raise ConfigError("show needs a dataset folder or --families (one of them)")
@@ -114,7 +114,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from attrsub.pretrain import PretrainRecipe, pretrain
+    from attrsub.train.pretrain import PretrainRecipe, pretrain
 
     recipe = PretrainRecipe(
         config=args.config,
@@ -131,8 +131,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from attrsub.base import load_base
-    from attrsub.evaluate import evaluate, open_data
+    from attrsub.eval.evaluate import evaluate, open_data
+    from attrsub.model.base import load_base
 
     data = open_data(args.data, size=args.size)
     base = load_base(args.model, args.weights, device=args.device, random_init=args.untrained)
@@ -153,8 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_real(args: argparse.Namespace) -> int:
-    from attrsub.captures import check_export, export_all
-    from attrsub.debfetch import fetch_real
+    from attrsub.data.capture_sources import fetch_real
+    from attrsub.data.captures import check_export, export_all
 
     if args.export is not None:
         check_export(args.export, args.views)
@@ -167,7 +167,7 @@ def cmd_fetch_real(args: argparse.Namespace) -> int:
 
 
 def cmd_mine_adapter(args: argparse.Namespace) -> int:
-    from attrsub.mine import mine_adapter
+    from attrsub.subspace.mine import mine_adapter
 
     out = mine_adapter(
         args.factor,
@@ -198,7 +198,7 @@ def cmd_mine_adapter(args: argparse.Namespace) -> int:
 
 def _extract_rank(text: str) -> int | str:
     """``--rank`` of bank build: a positive integer or the name of a rank rule."""
-    from attrsub.subspace import RANK_RULES
+    from attrsub.subspace.extract import RANK_RULES
 
     if text.lstrip("+-").isdigit():
         return COUNT(text)
@@ -207,7 +207,7 @@ def _extract_rank(text: str) -> int | str:
 
 def _factor_list(text: str) -> tuple[str, ...]:
     """``--factors``: comma-separated attribute names."""
-    from attrsub.data import FACTORS
+    from attrsub.data.datasets import FACTORS
 
     names = tuple(f.strip() for f in text.split(",") if f.strip())
     for name in names:
@@ -220,10 +220,10 @@ def _factor_list(text: str) -> tuple[str, ...]:
 
 
 def cmd_bank_build(args: argparse.Namespace) -> int:
-    from attrsub.bank import save_bank
     from attrsub.fsio import check_new_file
-    from attrsub.mine import build_bank, default_extract_rank, find_adapters
-    from attrsub.subspace import ExtractConfig
+    from attrsub.subspace.bank import save_bank
+    from attrsub.subspace.extract import ExtractConfig
+    from attrsub.subspace.mine import build_bank, default_extract_rank, find_adapters
 
     check_new_file(args.out, "--out")
     adapters = find_adapters(args.adapters)
@@ -235,7 +235,7 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
 
 
 def cmd_bank_info(args: argparse.Namespace) -> int:
-    from attrsub.bank import load_bank, summary
+    from attrsub.subspace.bank import load_bank, summary
 
     info = summary(load_bank(args.file))
     if args.json:
@@ -285,21 +285,21 @@ def _base_or_none(args: argparse.Namespace) -> Any:
     """The base named by ``--base/--weights/--untrained``, or None when none of them is given."""
     if args.base is None and args.weights is None and not args.untrained:
         return None
-    from attrsub.base import DEFAULT_BASE, load_base
+    from attrsub.model.base import DEFAULT_BASE, load_base
 
     return load_base(args.base or DEFAULT_BASE, args.weights, random_init=args.untrained)
 
 
 def cmd_bank_export(args: argparse.Namespace) -> int:
-    from attrsub.authors import export_bank_authors
+    from attrsub.subspace.authors import export_bank_authors
 
     print(export_bank_authors(args.bank, args.out, factors=args.factors or None, ranks=args.rank))
     return 0
 
 
 def cmd_bank_import(args: argparse.Namespace) -> int:
-    from attrsub.authors import import_bank_authors
     from attrsub.fsio import check_new_file
+    from attrsub.subspace.authors import import_bank_authors
 
     check_new_file(args.out, "--out")
     ranks = args.ranks[0] if args.ranks and len(args.ranks) == 1 else args.ranks
@@ -309,8 +309,8 @@ def cmd_bank_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from attrsub.export import export_peft_lora
     from attrsub.fsio import check_new_dir
+    from attrsub.methods.export import export_peft_lora
 
     check_new_dir(args.out)
     print(export_peft_lora(args.adapter, args.out, base=_base_or_none(args), bank=args.bank))
@@ -355,12 +355,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option; values are checked as they are parsed (attrsub.checks), so
     a bad one is refused in one line before any import of torch models or any work."""
-    from attrsub.align import DEPTH_ALIGN_MODES
-    from attrsub.data import CANONICAL, FACTORS
-    from attrsub.integrate import METHODS as ORTHO
+    from attrsub.data.datasets import CANONICAL, FACTORS
+    from attrsub.eval.align import DEPTH_ALIGN_MODES
     from attrsub.methods import METHODS
     from attrsub.model import CONFIGS
-    from attrsub.subspace import METHODS as EXTRACT
+    from attrsub.subspace.extract import METHODS as EXTRACT
+    from attrsub.subspace.integrate import METHODS as ORTHO
 
     configs = sorted(CONFIGS)
     parser = OneLineParser(prog="attrsub", description=__doc__)
@@ -564,7 +564,7 @@ def _prog(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input exits with status 2 and one clear line, no traceback, and a
     failed command leaves no folder behind that it made on its way."""
-    from attrsub.data import default_cache_root
+    from attrsub.data.datasets import default_cache_root
     from attrsub.fsio import missing_dirs, remove_if_empty
 
     try:

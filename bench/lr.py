@@ -15,11 +15,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GRID = {
     "full": (3e-4, 1e-3, 3e-3, 1e-2),
@@ -44,8 +40,8 @@ def main() -> None:
 
     import torch
 
-    from attrsub.bank import load_bank
     from attrsub.methods import finetune
+    from attrsub.subspace.bank import load_bank
     from attrsub.tasks import get_task
     from sweeps.config import load_preset
 

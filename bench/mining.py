@@ -1,8 +1,8 @@
 """Mining regimes against claim 1: do adapters of one attribute share a subspace?
 
 For each regime (mining steps, learning rate, adapters per attribute, dataset size, LoRA
-init scale) this mines every attribute's adapters with ``attrsub.mine.mine_adapter`` on the
-shipped base (or ``--weights``), then measures them with ``attrsub.evidence``: adapter
+init scale) this mines every attribute's adapters with ``attrsub.subspace.mine.mine_adapter`` on the
+shipped base (or ``--weights``), then measures them with ``attrsub.subspace.evidence``: adapter
 overlap within versus across attributes on the column and row sides with a permutation p,
 held-out energy (own attribute's leave-one-out subspace versus the other attributes'),
 overlap with each adapter's own init, and how far training moved the adapters. Every
@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FACTORS = ("texture", "geometry", "camera", "lighting")
 # mine_adapter keyword arguments per regime, plus "groups" (adapters per attribute) and
@@ -64,7 +61,7 @@ def _mine(job: dict[str, Any]) -> dict[str, Any]:
     """One adapter in a worker process (1 thread); returns its sidecar's movement and time."""
     import torch
 
-    from attrsub.mine import mine_adapter
+    from attrsub.subspace.mine import mine_adapter
 
     torch.set_num_threads(1)
     kw = dict(job["kwargs"])
@@ -81,9 +78,9 @@ def _mine(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_regime(name: str, root: Path, weights: str | None, cache: str, workers: int,
                permutations: int) -> dict[str, Any]:
-    from attrsub.evidence import claim_summary, evidence_rows, load_adapters
-    from attrsub.mine import find_adapters
-    from attrsub.subspace import ExtractConfig
+    from attrsub.subspace.evidence import claim_summary, evidence_rows, load_adapters
+    from attrsub.subspace.extract import ExtractConfig
+    from attrsub.subspace.mine import find_adapters
 
     spec = regime(name)
     groups = spec.pop("groups")
@@ -116,10 +113,10 @@ def zero_shot(weights: str | None, cache: str, scenes: int = 32) -> None:
     families must leave the world the base was pretrained on."""
     import torch
 
-    from attrsub.base import load_base
-    from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
-    from attrsub.evaluate import evaluate
-    from attrsub.factors import CANONICAL
+    from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
+    from attrsub.eval.evaluate import evaluate
+    from attrsub.model.base import load_base
+    from attrsub.scenes.attributes import CANONICAL
 
     torch.set_num_threads(2)
     model = load_base("vggt-tiny", weights).model

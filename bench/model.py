@@ -29,11 +29,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attrsub.model import CONFIGS, build
 

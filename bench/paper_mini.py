@@ -22,13 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
-from attrsub.bank import save_bank
 from attrsub.methods import finetune
-from attrsub.mine import build_bank, find_adapters, mine_adapter
+from attrsub.subspace.bank import save_bank
+from attrsub.subspace.mine import build_bank, find_adapters, mine_adapter
 from sweeps.config import load_preset
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from attrsub import render as R
-from attrsub.factors import FactorSpec, sample_scenes
-from attrsub.scene import SceneSpec
+from attrsub.scenes import render as R
+from attrsub.scenes.attributes import FactorSpec, sample_scenes
+from attrsub.scenes.spec import SceneSpec
 
 SIZES = (56, 112, 224)
 
@@ -47,12 +47,9 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def time_dataset(preset_name: str, device: str) -> None:
     """Wall time to render one factor dataset of a preset's mining size (into a temp cache)."""
-    import sys
     import tempfile
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from attrsub.data import DatasetSpec, render_factor_dataset
+    from attrsub.data.datasets import DatasetSpec, render_factor_dataset
     from sweeps.config import load_preset
 
     p = load_preset(preset_name)

@@ -28,8 +28,6 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def bench_presets(path: Path, preset: str, size: int) -> Path:
     """The preset on the pretrained base at ``size`` px, steps 1..8, written to ``path``."""

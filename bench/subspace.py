@@ -1,6 +1,6 @@
 """Benchmarks of the subspace machinery at VGGT-1B shapes.
 
-Section "extraction": factored IRLS extraction (``attrsub.subspace.extract``) versus the
+Section "extraction": factored IRLS extraction (``attrsub.subspace.extract.extract``) versus the
 dense reference (``extract_dense``) on the 192 aggregator weight matrices of VGGT-1B
 (24 frame + 24 global blocks x attn.qkv, attn.proj, mlp.fc1, mlp.fc2), k adapters of rank r
 with random seeded factors. The factored path runs on every layer; the dense path, which
@@ -37,7 +37,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from attrsub.subspace import ExtractConfig, LayerSubspace, Update, extract, extract_dense
+from attrsub.adapters.update import Update
+from attrsub.subspace.extract import ExtractConfig, LayerSubspace, extract, extract_dense
 
 SHAPES = {
     "attn.qkv": (3072, 1024),

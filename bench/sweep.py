@@ -29,14 +29,11 @@ import argparse
 import dataclasses
 import multiprocessing
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _serial(preset_name: str, jobs: list[dict[str, Any]], banks: dict[str, str], cache: str,
@@ -48,8 +45,8 @@ def _serial(preset_name: str, jobs: list[dict[str, Any]], banks: dict[str, str],
     t_enter = time.perf_counter()
     import torch
 
-    from attrsub.bank import load_bank
     from attrsub.methods import finetune
+    from attrsub.subspace.bank import load_bank
     from sweeps.config import load_preset
 
     torch.set_num_threads(threads)

@@ -192,7 +192,7 @@ def claims(source: str | os.PathLike[str] | Mapping[str, pd.DataFrame | None]) -
     """The paper's four claims judged on a study folder (or ``{"trials": df, "overlaps": df,
     "evidence": df}``). Verdict rules:
 
-    1. ``attrsub.evidence.claim_summary`` over the evidence rows of the chosen extraction
+    1. ``attrsub.subspace.evidence.claim_summary`` over the evidence rows of the chosen extraction
        (``choose_extraction``; its lowest seed): a side is attribute-specific when within-
        attribute overlap beats cross-attribute with permutation p < 0.01, held-out energy of
        the own attribute beats the others', and the side left its LoRA init; "holds" on both
@@ -245,7 +245,7 @@ def _p(v: Any) -> str:
 
 def _claim1(tables: dict[str, pd.DataFrame | None], why: dict[str, str]
             ) -> tuple[str, str, str]:
-    from attrsub.evidence import ALL_ATTRIBUTES, ALL_LAYERS, SIDES, claim_summary
+    from attrsub.subspace.evidence import ALL_ATTRIBUTES, ALL_LAYERS, SIDES, claim_summary
 
     null = ("random k-dimensional subspaces overlap k/d; the permutation test shuffles the "
             "attribute labels over the adapters (group sizes kept); a random subspace of the "

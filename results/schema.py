@@ -5,7 +5,7 @@ The tables of a study folder (see results/README.md for every column):
 - ``trials.parquet``: one row per trial (mining and fine-tuning), keyed by ``trial_id``;
 - ``overlaps.parquet``: one row per (extraction, layer, attribute pair);
 - ``spectra.parquet``: one row per (extraction, layer, attribute, singular value index);
-- ``evidence.parquet``: claim 1's measures beside their nulls (attrsub.evidence): adapter
+- ``evidence.parquet``: claim 1's measures beside their nulls (attrsub.subspace.evidence): adapter
   overlaps within versus across attributes with a permutation p, held-out energy, init
   overlap; per layer and over all layers;
 - ``pareto.parquet`` (written by ``sweeps/search.py``): one row per Pareto-optimal trial of
@@ -293,8 +293,8 @@ def study_rows(
     seed: int,
     extraction: str,
 ) -> list[dict[str, Any]]:
-    """Rows of a bank analysis (attrsub.disentangle.pairwise, attrsub.evidence.evidence_rows)
-    with the study's identifying columns added."""
+    """Rows of a bank analysis (``subspace.disentangle.pairwise``,
+    ``subspace.evidence.evidence_rows``) with the study's identifying columns added."""
     ident = {"study": study, "code_version": code_version, "seed": seed, "extraction": extraction}
     return [{**ident, **r} for r in pairwise_rows]
 
@@ -303,7 +303,7 @@ def spectra_rows(
     bank: Any, *, study: str, code_version: str, seed: int, extraction: str
 ) -> list[dict[str, Any]]:
     """One row per singular value of every (attribute, layer) subspace of an attrsub Bank."""
-    from attrsub.subspace import ExtractConfig, select_rank
+    from attrsub.subspace.extract import ExtractConfig, select_rank
 
     cliff = ExtractConfig(rank="cliff-gap")
     out: list[dict[str, Any]] = []

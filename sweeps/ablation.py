@@ -25,11 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from attrsub.errors import AttrsubError, DivergenceError
-from attrsub.train import StepInfo
+from attrsub.train.loop import StepInfo
 from results.schema import (
     EVIDENCE_SCHEMA,
     OVERLAPS_SCHEMA,

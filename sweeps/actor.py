@@ -70,7 +70,7 @@ class SubspaceActor:
     def _register(self, folder: Path) -> dict[str, Any]:
         """Count a complete adapter folder; completing a factor extracts it at once with the
         main extraction method (unless a persisted bank already holds it)."""
-        from attrsub.lora import read_sidecar
+        from attrsub.adapters.lora import read_sidecar
 
         meta = read_sidecar(folder)
         factor = meta["factor"]
@@ -87,7 +87,7 @@ class SubspaceActor:
         """Copy into the local cache every adapter and bank the study has published that
         the cache lacks (a fresh head, a lost disk), so nothing is mined or extracted again."""
         from attrsub import storage
-        from attrsub.lora import SIDECAR
+        from attrsub.adapters.lora import SIDECAR
 
         for name in storage.list_names(storage.join(self.published, "adapters")):
             src = storage.join(self.published, "adapters", name)
@@ -105,7 +105,7 @@ class SubspaceActor:
         """Publish what the cache holds and the storage lacks (a head that died between
         storing an adapter and publishing it)."""
         from attrsub import storage
-        from attrsub.lora import SIDECAR
+        from attrsub.adapters.lora import SIDECAR
 
         for kind, marker in (("adapters", SIDECAR), ("banks", None)):
             folder = self.study_dir / kind
@@ -137,7 +137,7 @@ class SubspaceActor:
 
     def adapter_meta(self, name: str) -> dict[str, Any] | None:
         """The sidecar of adapter ``name`` when the study already holds it, else None."""
-        from attrsub.lora import read_sidecar
+        from attrsub.adapters.lora import read_sidecar
 
         folder = self.adapters_dir / name
         held = any(os.fspath(folder) in a for a in self.adapters.values())
@@ -146,8 +146,8 @@ class SubspaceActor:
     def add_adapter(self, name: str, files: dict[str, bytes]) -> dict[str, Any]:
         """Store a finished adapter (its files, sent by the trial that trained it) and count
         it; returns its sidecar. The folder appears complete or not at all."""
+        from attrsub.adapters.lora import SIDECAR, read_updates
         from attrsub.fsio import publish_dir
-        from attrsub.lora import SIDECAR, read_updates
 
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"adapter name {name!r} must be a plain folder name")
@@ -179,8 +179,8 @@ class SubspaceActor:
         return self.banks_dir / f"bank-{extraction}.safetensors"
 
     def _extract_factor(self, extraction: str, factor: str) -> Any:
-        from attrsub.mine import extract_factor
-        from attrsub.subspace import ExtractConfig
+        from attrsub.subspace.extract import ExtractConfig
+        from attrsub.subspace.mine import extract_factor
 
         key = (extraction, factor)
         if key not in self.extracted:
@@ -194,9 +194,9 @@ class SubspaceActor:
     def _bank(self, extraction: str) -> Any:
         """The complete bank for one extraction method: from memory, from disk, or extracted."""
         if extraction not in self.banks:
-            from attrsub.bank import load_bank, save_bank
-            from attrsub.mine import assemble_bank
-            from attrsub.subspace import ExtractConfig
+            from attrsub.subspace.bank import load_bank, save_bank
+            from attrsub.subspace.extract import ExtractConfig
+            from attrsub.subspace.mine import assemble_bank
 
             path = self._bank_file(extraction)
             if path.is_file():
@@ -217,10 +217,10 @@ class SubspaceActor:
         return self.banks[extraction]
 
     def _evidence(self, extraction: str) -> list[dict[str, Any]]:
-        """Claim 1's evidence rows for one extraction (attrsub.evidence), computed once."""
+        """Claim 1's evidence rows for one extraction (attrsub.subspace.evidence), computed once."""
         if extraction not in self.evidence:
-            from attrsub.evidence import evidence_rows, load_adapters
-            from attrsub.subspace import ExtractConfig
+            from attrsub.subspace.evidence import evidence_rows, load_adapters
+            from attrsub.subspace.extract import ExtractConfig
 
             cfg = ExtractConfig(**{**self.extract, "method": extraction})
             adapters = {f: sorted(map(Path, self.adapters[f])) for f in self.factors}
@@ -259,7 +259,7 @@ class SubspaceActor:
     def analysis(self, extraction: str, study: str, code_version: str, seed: int) -> dict:
         """Rows for overlaps.parquet, spectra.parquet and evidence.parquet from this
         extraction's bank and the study's adapters."""
-        from attrsub.disentangle import pairwise
+        from attrsub.subspace.disentangle import pairwise
         from results.schema import spectra_rows, study_rows
 
         bank = self._bank(extraction)

@@ -16,15 +16,15 @@ from typing import Any
 
 import yaml
 
+from attrsub.adapters.lora import LoraSpec, target_modules
 from attrsub.errors import ConfigError
-from attrsub.factors import FACTORS
-from attrsub.integrate import METHODS as ORTHO_METHODS
-from attrsub.lora import LoraSpec, target_modules
 from attrsub.methods import METHODS
 from attrsub.model import CONFIGS, build
+from attrsub.scenes.attributes import FACTORS
 from attrsub.size import check_size
-from attrsub.subspace import METHODS as EXTRACT_METHODS
-from attrsub.subspace import ExtractConfig
+from attrsub.subspace.extract import METHODS as EXTRACT_METHODS
+from attrsub.subspace.extract import ExtractConfig
+from attrsub.subspace.integrate import METHODS as ORTHO_METHODS
 from attrsub.tasks import TaskSize, get_task
 
 PRESETS = Path(__file__).with_name("presets.yaml")

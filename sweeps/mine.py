@@ -1,4 +1,4 @@
-"""Stage 1: the mining sweep. Ray Tune fans attrsub.mine.mine_adapter out over factors x
+"""Stage 1: the mining sweep. Ray Tune fans attrsub.subspace.mine.mine_adapter out over factors x
 groups x adapter seeds; each finished adapter is handed to the study's subspace actor.
 
     python sweeps/mine.py --preset quick --study NAME    # stage 1 alone, then the bank
@@ -22,13 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import ray
 from ray import tune
 
-from attrsub.train import StepInfo
+from attrsub.train.loop import StepInfo
 from sweeps import actor as subspace_actor
 from sweeps.config import Preset
 from sweeps.runtime import (
@@ -65,7 +62,7 @@ def mine_trial(config: dict[str, Any]) -> None:
     """
     import torch
 
-    from attrsub.mine import mine_adapter
+    from attrsub.subspace.mine import mine_adapter
 
     torch.set_num_threads(max(1, int(config["cpu"])))
     # A random-init base is drawn from torch's global RNG before the library seeds it;

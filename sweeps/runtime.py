@@ -25,11 +25,11 @@ from typing import Any
 
 import attrsub
 from attrsub import __version__, fetch, storage
-from attrsub.base import file_sha256, load_base, shipped_weights
 from attrsub.checks import check_render_fits, check_training_fits
 from attrsub.cli import COUNT, OneLineParser
 from attrsub.errors import AttrsubError, ConfigError, DataError, StorageError
 from attrsub.fsio import check_creatable, ensure_writable_dir
+from attrsub.model.base import file_sha256, load_base, shipped_weights
 from results.schema import read_record, read_table, write_record
 from sweeps.config import PRESETS, Preset, load_preset
 
@@ -76,7 +76,7 @@ class StudyPaths:
         once, shared by the studies there); None for a local study."""
         if not self.remote:
             return None
-        from attrsub.debfetch import CACHE_NAME
+        from attrsub.data.capture_sources import CACHE_NAME
 
         return storage.join(self.storage, CACHE_NAME)
 
@@ -301,7 +301,7 @@ def ensure_task_data(task: str, cache: str | os.PathLike[str] | None,
     The driver calls it first: with a URI study it publishes its own copy there once, so
     nodes of any image get the captures without apt or .debs.
     """
-    from attrsub.debfetch import publish_real, pull_real
+    from attrsub.data.capture_sources import publish_real, pull_real
     from attrsub.tasks import get_task
 
     try:

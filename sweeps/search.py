@@ -49,9 +49,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from attrsub import storage
 from attrsub.cli import COUNT
 from attrsub.errors import ConfigError

@@ -1,18 +1,11 @@
-"""Put the repo root on sys.path so tests import ``sweeps`` and ``results`` (not packaged),
-and make every Ray the tests start a secured one: token authentication on, with a token of
+"""Make every Ray the tests start a secured one: token authentication on, with a token of
 this test session (so no test touches ~/.ray), and servers on the loopback interface only."""
 
 import os
 import secrets
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attrsub.align import (
+from attrsub.errors import ConfigError
+from attrsub.eval.align import (
     Sim3,
     _brute_nearest,
     align_depth,
@@ -15,8 +16,7 @@ from attrsub.align import (
     nearest_neighbors,
     umeyama,
 )
-from attrsub.errors import ConfigError
-from attrsub.pose import quaternion_to_rotation_matrix
+from attrsub.model.pose import quaternion_to_rotation_matrix
 
 
 def known_sim3() -> Sim3:

@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from attrsub.base import WEIGHTS_DIR
 from attrsub.cli import build_parser
 from attrsub.cli import main as cli_main
-from attrsub.data import find_datasets
+from attrsub.data.datasets import find_datasets
+from attrsub.model.base import WEIGHTS_DIR
 
 Paths = Mapping[str, Path]
 Setup = Callable[[Path, Paths], None]

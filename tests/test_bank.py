@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrsub.bank import FIELDS, Bank, load_bank, save_bank, summary
-from attrsub.base import BaseModel
 from attrsub.cli import main
-from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
+from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError, DataError
 from attrsub.methods import prepare
-from attrsub.mine import build_bank, find_adapters, mine_adapter
 from attrsub.model import build
-from attrsub.subspace import ExtractConfig
-from attrsub.train import TrainConfig, train
+from attrsub.model.base import BaseModel
+from attrsub.subspace.bank import FIELDS, Bank, load_bank, save_bank, summary
+from attrsub.subspace.extract import ExtractConfig
+from attrsub.subspace.mine import build_bank, find_adapters, mine_adapter
+from attrsub.train.loop import TrainConfig, train
 
 
 @pytest.fixture(autouse=True)

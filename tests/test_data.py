@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrsub.data import (
+from attrsub.data.datasets import (
     SAMPLE_KEYS,
     DatasetSpec,
     SceneDataset,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from attrsub.disentangle import (
+from attrsub.errors import ConfigError
+from attrsub.subspace.disentangle import (
     compare,
     pairwise,
     principal_angles,
@@ -16,8 +17,7 @@ from attrsub.disentangle import (
     random_baseline,
     scale_invariant_distance,
 )
-from attrsub.errors import ConfigError
-from attrsub.subspace import LayerSubspace
+from attrsub.subspace.extract import LayerSubspace
 
 
 @pytest.fixture(autouse=True)

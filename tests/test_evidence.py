@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from attrsub.adapters.update import Update
 from attrsub.errors import ConfigError
-from attrsub.evidence import (
+from attrsub.subspace.evidence import (
     INIT_MAX,
     _energy,
     claim_summary,
     permutation_test,
     update_bases,
 )
-from attrsub.subspace import Update
 
 
 def _update(seed: int, d_out: int = 20, d_in: int = 12, r: int = 3) -> Update:

@@ -14,7 +14,16 @@ from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from attrsub.authors import (
+from attrsub.cli import main as cli_main
+from attrsub.data.datasets import SceneDataset, collate, find_datasets
+from attrsub.errors import ConfigError, DataError
+from attrsub.fsio import write_json
+from attrsub.methods import load_trained, prepare
+from attrsub.methods.export import export_peft_lora, peft_config, reduced_as_lora
+from attrsub.methods.reduced import apply_reduced, reduced_layers, save_reduced
+from attrsub.model import build, load
+from attrsub.model.base import BaseModel, load_base, shipped_weights
+from attrsub.subspace.authors import (
     BLOCK_TYPES,
     MODULES,
     authors_key,
@@ -22,18 +31,9 @@ from attrsub.authors import (
     import_bank_authors,
     layer_name,
 )
-from attrsub.bank import Bank, load_bank, save_bank
-from attrsub.base import BaseModel, load_base, shipped_weights
-from attrsub.cli import main as cli_main
-from attrsub.data import SceneDataset, collate, find_datasets
-from attrsub.errors import ConfigError, DataError
-from attrsub.export import export_peft_lora, peft_config, reduced_as_lora
-from attrsub.fsio import write_json
-from attrsub.integrate import IntegratedBasis
-from attrsub.methods import load_trained, prepare
-from attrsub.model import build, load
-from attrsub.reduced import apply_reduced, reduced_layers, save_reduced
-from attrsub.subspace import ExtractConfig, LayerSubspace
+from attrsub.subspace.bank import Bank, load_bank, save_bank
+from attrsub.subspace.extract import ExtractConfig, LayerSubspace
+from attrsub.subspace.integrate import IntegratedBasis
 
 _REPO = Path(__file__).resolve().parents[1]
 REFERENCE = next(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attrsub.errors import ConfigError
-from attrsub.factors import (
+from attrsub.scenes.attributes import (
     CANONICAL,
     CANONICAL_RANGES,
     EXTREMES,
@@ -20,8 +20,8 @@ from attrsub.factors import (
     intervals,
     sample_scenes,
 )
-from attrsub.render import render
-from attrsub.scene import Material, SceneSpec
+from attrsub.scenes.render import render
+from attrsub.scenes.spec import Material, SceneSpec
 
 SIZE = 28
 SCENES, VIEWS = 3, 2

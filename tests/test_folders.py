@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attrsub.data.folders import FolderDataset
 from attrsub.errors import DataError
-from attrsub.folders import FolderDataset
 
 PLANE_N = np.array([0.1, -0.2, 1.0]) / np.linalg.norm([0.1, -0.2, 1.0])
 PLANE_D = 4.0
@@ -110,7 +110,7 @@ def test_folder_without_cameras_gives_depth_only(tmp_path: Path) -> None:
 
 
 def test_evaluate_on_a_folder_without_poses_gives_depth_metrics(tmp_path: Path) -> None:
-    from attrsub.evaluate import evaluate, open_data
+    from attrsub.eval.evaluate import evaluate, open_data
     from attrsub.model import build
 
     _manifest(tmp_path)

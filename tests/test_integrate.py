@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from attrsub.errors import ConfigError
-from attrsub.integrate import METHODS, IntegratedBasis, integrate, integrate_all, orthogonalize
-from attrsub.subspace import LayerSubspace
+from attrsub.subspace.extract import LayerSubspace
+from attrsub.subspace.integrate import (
+    METHODS,
+    IntegratedBasis,
+    integrate,
+    integrate_all,
+    orthogonalize,
+)
 
 ORTHO = [m for m in METHODS if m != "none"]
 

@@ -9,10 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from attrsub.base import BaseModel
-from attrsub.cli import main
-from attrsub.errors import ConfigError, DataError
-from attrsub.lora import (
+from attrsub.adapters.lora import (
     SIDECAR,
     WEIGHTS_FILE,
     LoraSpec,
@@ -26,8 +23,11 @@ from attrsub.lora import (
     save_adapter,
     target_modules,
 )
-from attrsub.mine import mine_adapter
+from attrsub.cli import main
+from attrsub.errors import ConfigError, DataError
 from attrsub.model import build
+from attrsub.model.base import BaseModel
+from attrsub.subspace.mine import mine_adapter
 
 MODS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 

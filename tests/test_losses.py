@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from attrsub.errors import ConfigError
-from attrsub.losses import (
+from attrsub.model.pose import (
+    depth_to_world_points,
+    extrinsics_intrinsics_to_pose_encoding,
+    quaternion_to_rotation_matrix,
+)
+from attrsub.train.losses import (
     LossWeights,
     compute_loss,
     normalize_ground_truth,
     stage_weights,
     valid_mask,
-)
-from attrsub.pose import (
-    depth_to_world_points,
-    extrinsics_intrinsics_to_pose_encoding,
-    quaternion_to_rotation_matrix,
 )
 
 B, S, H, W = 2, 3, 24, 24

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from attrsub.align import Sim3
 from attrsub.errors import ConfigError
-from attrsub.metrics import (
+from attrsub.eval.align import Sim3
+from attrsub.eval.metrics import (
     camera_metrics,
     cloud_metrics,
     depth_metrics,
@@ -17,7 +17,7 @@ from attrsub.metrics import (
     pointmap_metrics,
     pose_auc,
 )
-from attrsub.pose import (
+from attrsub.model.pose import (
     depth_to_world_points,
     extrinsics_intrinsics_to_pose_encoding,
     quaternion_to_rotation_matrix,
@@ -128,7 +128,7 @@ def plane_map(h: int = 12, w: int = 12, tilt_deg: float = 0.0) -> torch.Tensor:
 def test_normals_do_not_depend_on_the_scale_of_the_map() -> None:
     """A prediction up to scale may be tiny (a fine-tuned depth head near zero): its normals,
     and so NC, must not vanish because the map is small."""
-    from attrsub.metrics import point_map_normals
+    from attrsub.eval.metrics import point_map_normals
 
     pts = torch.randn(1, 8, 8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     valid = torch.ones(1, 8, 8, dtype=torch.bool)

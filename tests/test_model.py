@@ -171,7 +171,7 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
 
 def test_tiny_overfits_one_batch() -> None:
     """The real training loss on one fixed synthetic batch falls at least tenfold."""
-    from attrsub.losses import LossWeights, compute_loss
+    from attrsub.train.losses import LossWeights, compute_loss
 
     torch.manual_seed(0)
     model = build("vggt-tiny", enable_point=False).train()

@@ -21,12 +21,19 @@ import pytest
 import torch
 from torch import nn
 
-from attrsub.bank import load_bank, save_bank, summary
-from attrsub.disentangle import principal_angles
-from attrsub.evidence import evidence_rows, load_adapters
-from attrsub.lora import LoraSpec, apply_lora, init_key, lora_a_weights, movement, save_adapter
-from attrsub.mine import build_bank, find_adapters
-from attrsub.subspace import ExtractConfig
+from attrsub.adapters.lora import (
+    LoraSpec,
+    apply_lora,
+    init_key,
+    lora_a_weights,
+    movement,
+    save_adapter,
+)
+from attrsub.subspace.bank import load_bank, save_bank, summary
+from attrsub.subspace.disentangle import principal_angles
+from attrsub.subspace.evidence import evidence_rows, load_adapters
+from attrsub.subspace.extract import ExtractConfig
+from attrsub.subspace.mine import build_bank, find_adapters
 
 ATTRS = ("texture", "geometry", "camera", "lighting")
 LAYERS = {"net.a": (24, 32), "net.b": (32, 40)}  # name -> (d_out, d_in)
@@ -79,7 +86,7 @@ def _target(truth: dict, attr: str, layer: str) -> torch.Tensor:
 
 
 def _mine(truth: dict, attr: str, group: int, out: Path, key: str) -> Path:
-    """One adapter as attrsub.mine.mine_adapter makes one: keyed LoRA, trained, saved."""
+    """One adapter as attrsub.subspace.mine.mine_adapter makes one: keyed LoRA, trained, saved."""
     gen = torch.Generator().manual_seed(1000 + 10 * ATTRS.index(attr) + group)
     xs = {n: torch.randn(SAMPLES, i, generator=gen) for n, (_, i) in LAYERS.items()}
     ys = {n: x @ _target(truth, attr, n).T for n, x in xs.items()}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attrsub.errors import ConfigError
-from attrsub.pose import (
+from attrsub.model.pose import (
     depth_to_world_points,
     extrinsics_intrinsics_to_pose_encoding,
     invert_extrinsics,

@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from attrsub.captures import (
+from attrsub.cli import main
+from attrsub.data.capture_sources import (
+    SHA256,
+    fetch_real,
+    real_data_dir,
+    require_real_data,
+    verify_files,
+)
+from attrsub.data.captures import (
     ALOE_BASELINE_M,
     ALOE_DMIN_PX,
     ALOE_FOCAL_PX,
@@ -33,11 +41,9 @@ from attrsub.captures import (
     load_captures,
     read_pos_file,
 )
-from attrsub.cli import main
-from attrsub.data import default_cache_root
-from attrsub.debfetch import SHA256, fetch_real, real_data_dir, require_real_data, verify_files
+from attrsub.data.datasets import default_cache_root
+from attrsub.data.folders import FolderDataset
 from attrsub.errors import ConfigError, DataError
-from attrsub.folders import FolderDataset
 from attrsub.methods import finetune
 from attrsub.tasks import RealTask, TaskSize, get_task, plane_fit_residual
 

@@ -7,13 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
+from attrsub.adapters.lora import LoraSpec, target_modules
+from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError, DataError
-from attrsub.integrate import IntegratedBasis
-from attrsub.lora import LoraSpec, target_modules
 from attrsub.methods import METHODS, prepare
-from attrsub.model import build
-from attrsub.reduced import (
+from attrsub.methods.reduced import (
     ReducedLinear,
     apply_reduced,
     load_reduced,
@@ -23,7 +21,9 @@ from attrsub.reduced import (
     save_reduced,
     trainable_count,
 )
-from attrsub.train import TrainConfig, train
+from attrsub.model import build
+from attrsub.subspace.integrate import IntegratedBasis
+from attrsub.train.loop import TrainConfig, train
 
 # vggt-tiny: 4 frame + 4 global blocks; per block qkv 192x64, proj 64x64, fc1 256x64, fc2 64x256.
 BLOCK_IO = 192 + 64 + 64 + 64 + 256 + 64 + 64 + 256  # sum of d_out + d_in over the 4 linears

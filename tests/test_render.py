@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from attrsub.errors import ConfigError
-from attrsub.factors import FactorSpec, sample_scenes
-from attrsub.render import OUTPUT_KEYS, render
-from attrsub.scene import (
+from attrsub.scenes.attributes import FactorSpec, sample_scenes
+from attrsub.scenes.render import OUTPUT_KEYS, render
+from attrsub.scenes.spec import (
     Box,
     Camera,
     Cylinder,
@@ -264,8 +264,7 @@ def test_bad_specs_rejected(build: object, match: str) -> None:
 def test_culling_matches_brute_force() -> None:
     """Per-tile culling only skips primitives a ray cannot hit: same hits as every ray vs
     every primitive, images equal to float rounding."""
-    from attrsub import render as R
-
+    from attrsub.scenes import render as R
     specs = [_scene("orbit", views=2)]
     for family in ("geometry", "lighting", "texture", "camera", "canonical"):
         specs += sample_scenes(FactorSpec(family, scenes=2, views=2, seed=11))
@@ -293,8 +292,7 @@ def test_culling_matches_brute_force() -> None:
 def test_relief_bound_keeps_every_crossing() -> None:
     """Height-field marching starts and stops where a per-ray bound on the relief says the ray
     is above it: densely sampled, the exact surface is below the ray everywhere cut off."""
-    from attrsub import render as R
-
+    from attrsub.scenes import render as R
     gen = torch.Generator().manual_seed(3)
     k = 4000
     field = HeightField(
@@ -324,8 +322,7 @@ def test_relief_bound_keeps_every_crossing() -> None:
 def test_value_noise_matches_the_int64_lattice_hash() -> None:
     """The int32 noise kernel (wrapping multiplies, masked shifts) gives the values of the
     int64 reference hash: top 24 bits per lattice corner, trilinear with a smoothstep fade."""
-    from attrsub import render as R
-
+    from attrsub.scenes import render as R
     gen = torch.Generator().manual_seed(7)
     k = 5000
     x = (torch.rand(3, k, generator=gen) - 0.5) * 400
@@ -348,8 +345,7 @@ def test_value_noise_matches_the_int64_lattice_hash() -> None:
 
 def test_ground_hits_lie_exactly_on_the_plane() -> None:
     """Ground hits get z = 0 exactly (their checker cell cannot flip on z rounding)."""
-    from attrsub import render as R
-
+    from attrsub.scenes import render as R
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         sc = R._pack([_scene()], torch.device("cpu"))

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from attrsub.evidence import AdapterSet, evidence_rows
-from attrsub.subspace import ExtractConfig, Update
+from attrsub.adapters.update import Update
+from attrsub.subspace.evidence import AdapterSet, evidence_rows
+from attrsub.subspace.extract import ExtractConfig
 from results.report import FIGURES, REPORT_NAME, main, pareto_front, write_report
 from results.schema import (
     EVIDENCE_SCHEMA,

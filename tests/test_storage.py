@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from attrsub import fetch, storage
-from attrsub.base import WEIGHTS_DIR, load_base
 from attrsub.errors import ConfigError, DataError
+from attrsub.model.base import WEIGHTS_DIR, load_base
 
 SHIPPED = WEIGHTS_DIR / "vggt-tiny.safetensors"
 
@@ -194,7 +194,7 @@ def test_real_captures_are_published_once_and_pulled_by_a_fresh_node(
     """The driver publishes its verified captures to the study's storage; a node with an
     empty cache (and no apt, no .debs) gets them from there, checked against the packages'
     hashes, and a damaged copy is refused."""
-    from attrsub.debfetch import CACHE_NAME, MANIFEST, require_real_data
+    from attrsub.data.capture_sources import CACHE_NAME, MANIFEST, require_real_data
     from sweeps.runtime import ensure_task_data
 
     where = f"file://{tmp_path / 'store' / CACHE_NAME}"
@@ -223,8 +223,8 @@ def test_real_captures_are_published_once_and_pulled_by_a_fresh_node(
 def test_the_subspace_actor_publishes_and_a_fresh_one_pulls_back(tmp_path: Path) -> None:
     """The actor's class without Ray: what a crashed head left unpublished is published on
     restart, and an actor with an empty cache pulls every adapter and bank back."""
-    from attrsub.lora import SIDECAR
-    from attrsub.mine import mine_adapter
+    from attrsub.adapters.lora import SIDECAR
+    from attrsub.subspace.mine import mine_adapter
     from sweeps.actor import SubspaceActor
 
     head = tmp_path / "head"

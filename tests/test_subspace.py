@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 
+from attrsub.adapters.update import Update, from_peft
 from attrsub.errors import ConfigError, DataError
-from attrsub.subspace import (
+from attrsub.subspace.extract import (
     ExtractConfig,
     LayerSubspace,
-    Update,
     extract,
     extract_all,
     extract_dense,
-    from_peft,
     select_rank,
 )
 

@@ -12,7 +12,7 @@ import torch
 
 from attrsub.errors import ConfigError
 from attrsub.model import build
-from attrsub.render import render
+from attrsub.scenes.render import render
 from attrsub.tasks import (
     MAX_MICRO_DEG,
     TASKS,

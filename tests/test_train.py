@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrsub.data import DatasetSpec, SceneDataset, render_factor_dataset
+from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError, DataError, DivergenceError
 from attrsub.model import build
-from attrsub.train import StepInfo, TrainConfig, lr_lambda, train
+from attrsub.train.loop import StepInfo, TrainConfig, lr_lambda, train
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Stage 2, data: rendered datasets, bring-your-own folders and the real captures."""

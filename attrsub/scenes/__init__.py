@@ -1,0 +1,1 @@
+"""Stage 1, scenes: procedural scene specs, the attribute families, and the ray caster."""

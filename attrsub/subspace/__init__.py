@@ -1,0 +1,1 @@
+"""Stage 8, subspaces: extraction, the bank, integration, disentanglement, mining."""
