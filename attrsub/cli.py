@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     a bad one is refused in one line before any import of torch models or any work."""
     from attrsub.data.datasets import CANONICAL, FACTORS
     from attrsub.eval.align import DEPTH_ALIGN_MODES
-    from attrsub.methods import METHODS
+    from attrsub.methods import METHODS, FinetuneSpec
     from attrsub.model import CONFIGS
     from attrsub.subspace.extract import METHODS as EXTRACT
     from attrsub.subspace.integrate import METHODS as ORTHO
@@ -507,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(parser=q, func=cmd_bank_info)
 
+    d = FinetuneSpec.default
     p = sub.add_parser("finetune", help="fine-tune on a downstream task with one method")
     p.add_argument("--task", required=True)
     p.add_argument("--method", default="reduced", type=_in(METHODS, "method"),
@@ -514,27 +515,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", type=Path, default=None)
     p.add_argument("--factors", type=_factor_list, default=(),
                    help="comma-separated, e.g. texture,geometry")
-    p.add_argument("--rank", type=COUNT, default=8,
+    p.add_argument("--rank", type=COUNT, default=d("rank"),
                    help="per-factor rank (reduced), D (psv, random), r (lora, pissa)")
     p.add_argument("--total-rank", type=COUNT, default=None, help="reduced: truncate to D")
-    p.add_argument("--ortho", default="qr", type=_in(ORTHO, "orthogonalisation"),
+    p.add_argument("--ortho", default=d("ortho"), type=_in(ORTHO, "orthogonalisation"),
                    help=", ".join(ORTHO))
-    p.add_argument("--base", default="vggt-tiny", type=_in(configs, "model config"),
+    p.add_argument("--base", default=d("base"), type=_in(configs, "model config"),
                    help=f"one of {', '.join(configs)}")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--untrained", action="store_true")
-    p.add_argument("--steps", type=COUNT, default=100)
-    p.add_argument("--lr", type=RATE, default=1e-4)
-    p.add_argument("--seed", type=INDEX, default=0)
-    p.add_argument("--batch-size", type=COUNT, default=2)
-    p.add_argument("--train-scenes", type=COUNT, default=16)
-    p.add_argument("--eval-scenes", type=COUNT, default=16)
-    p.add_argument("--views", type=COUNT, default=4)
-    p.add_argument("--size", type=_size, default=112)
+    p.add_argument("--steps", type=COUNT, default=d("steps"))
+    p.add_argument("--lr", type=RATE, default=d("lr"))
+    p.add_argument("--seed", type=INDEX, default=d("seed"))
+    p.add_argument("--batch-size", type=COUNT, default=d("batch_size"))
+    p.add_argument("--train-scenes", type=COUNT, default=d("train_scenes"))
+    p.add_argument("--eval-scenes", type=COUNT, default=d("eval_scenes"))
+    p.add_argument("--views", type=COUNT, default=d("views"))
+    p.add_argument("--size", type=_size, default=d("size"))
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None,
                    help="a new folder for metrics.json and the trained adapter")
-    p.add_argument("--device", type=DEVICE, default="cpu")
+    p.add_argument("--device", type=DEVICE, default=d("device"))
     p.set_defaults(parser=p, func=cmd_finetune)
 
     p = sub.add_parser("export", help="write a trained adapter in another format (peft-lora: "

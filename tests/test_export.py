@@ -234,7 +234,7 @@ def test_export_refuses_bad_input(made: dict[str, Path], tmp_path: Path) -> None
          DataError, "random-init"),
         (lambda: export_peft_lora(_fake_finetune(tmp_path, "full"), out), ConfigError, "'full'"),
         (lambda: export_peft_lora(_fake_finetune(tmp_path, "none"), out), ConfigError,
-         "lora, reduced, psv, random"),
+         "lora, psv, random, reduced"),
         (lambda: export_peft_lora(_fake_finetune(tmp_path, "pissa"), out), ConfigError,
          "PiSSA"),
         (lambda: export_peft_lora(made["ft-reduced"], out, bank=made["bank"],

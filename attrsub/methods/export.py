@@ -37,11 +37,12 @@ from attrsub import __version__
 from attrsub.adapters.lora import CONFIG_FILE, PEFT_PREFIX, SIDECAR, WEIGHTS_FILE, read_sidecar
 from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import check_new_dir, publish_dir, read_safetensors
+from attrsub.methods.registry import REGISTRY
 from attrsub.model.base import BaseModel
 
 FORMATS = ("peft-lora",)
-EXPORTABLE = ("lora", "reduced", "psv", "random")
-REDUCED_FAMILY = ("reduced", "psv", "random")
+# a method whose run keeps a low-rank adapter: LoRA's folder or the basis family's M
+EXPORTABLE = tuple(n for n, m in REGISTRY.items() if m.saved_as)
 META_KEY = "attrsub"
 
 
@@ -88,20 +89,19 @@ def _method(root: Path) -> tuple[str, dict[str, Any]]:
         method = row.get("method")
     except (OSError, ValueError, AttributeError) as exc:
         raise DataError(f"{str(metrics)!r} is unreadable: {exc}") from exc
-    if method == "pissa":
+    the_method = REGISTRY.get(method) if isinstance(method, str) else None
+    if the_method is not None and the_method.takes_rank and not the_method.saved_as:
         raise ConfigError(
-            f"{str(root)!r} is a PiSSA fine-tune, which saves no adapter (its residual base "
-            f"exists only in memory); exportable methods: {', '.join(EXPORTABLE)}"
+            f"{str(root)!r} is a {the_method.label(rank=str(row.get('rank')))} fine-tune, which "
+            f"saves no adapter; exportable methods: {', '.join(EXPORTABLE)}"
         )
-    if method not in EXPORTABLE:
+    if the_method is None or not the_method.saved_as:
         raise ConfigError(
             f"method {method!r} of {str(root)!r} cannot be written as a LoRA adapter; "
             f"exportable methods: {', '.join(EXPORTABLE)}"
         )
-    if method == "lora":
-        raise DataError(f"{str(root)!r} is a LoRA fine-tune without its lora-adapter/ folder")
-    if not (root / "reduced.safetensors").is_file():
-        raise DataError(f"{str(root)!r} is a {method} fine-tune without reduced.safetensors")
+    if not (root / the_method.saved_as).exists():
+        raise DataError(f"{str(root)!r} is a {method} fine-tune without {the_method.saved_as}")
     return method, row
 
 
@@ -219,11 +219,12 @@ def _reduced_fill(
     bank: str | os.PathLike[str] | None,
 ) -> Callable[[Path], None]:
     """A reduced-family fine-tune rebuilt as attrsub loads it, then written as LoRA."""
-    from attrsub.methods import load_trained
+    from attrsub.methods.finetune import load_trained
 
-    if method == "reduced" and bank is None:
-        raise ConfigError(f"{str(root)!r} is a reduced adapter: pass the bank it used (--bank)")
-    if method != "reduced" and bank is not None:
+    needs_bank = REGISTRY[method].needs_bank
+    if needs_bank and bank is None:
+        raise ConfigError(f"{str(root)!r} is a {method} adapter: pass the bank it used (--bank)")
+    if not needs_bank and bank is not None:
         raise ConfigError(f"{str(root)!r} is a {method} adapter, which uses no bank; drop --bank")
     meta, _ = read_safetensors(root / "reduced.safetensors", "reduced adapter")
     b = _resolve_base(row, root, base)
