@@ -44,6 +44,7 @@ ATTR_COLORS = {"texture": "#1f77b4", "geometry": "#ff7f0e", "camera": "#2ca02c",
 
 
 def _new_figure(ncols: int, nrows: int = 1, w: float = 5.6, h: float = 4.2) -> Figure:
+    """A figure on its own Agg canvas: no pyplot state, so safe in a Ray driver or a test."""
     fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -62,6 +63,7 @@ def _legend(fig: Figure, handles: dict[str, Any], ncols: int, **kwargs: Any) -> 
 
 
 def _save(fig: Figure, path: Path) -> None:
+    """Every figure at one resolution, so the report's figures read at one size."""
     fig.savefig(path, dpi=110)
 
 
@@ -311,6 +313,7 @@ def _pair_matrix(o: pd.DataFrame, col: str, attrs: list[str]) -> np.ndarray:
 
 
 def _attrs(o: pd.DataFrame) -> list[str]:
+    """The attributes of the overlap pairs, in ATTRIBUTES order, unknown ones last."""
     present = set(o["attr_a"].dropna()) | set(o["attr_b"].dropna())
     return [a for a in ATTRIBUTES if a in present] + sorted(present - set(ATTRIBUTES))
 

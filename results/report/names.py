@@ -29,6 +29,7 @@ METHOD_ORDER = ("none", "full", "lora", "pissa", "psv", "random", "reduced")
 
 
 def fmt_int(v: Any) -> str:
+    """An integer cell; "?" where a rank or width was not recorded."""
     return "?" if v is None or pd.isna(v) else str(int(v))
 
 
@@ -58,10 +59,12 @@ def key_label(key: str, r: pd.Series) -> str:
 
 
 def method_key(m: Any) -> tuple[int, str]:
+    """Sort key: METHOD_ORDER (baselines before the mined subspace), unknown methods last."""
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), str(m))
 
 
 def attr_key(a: Any) -> tuple[int, str]:
+    """Sort key: the schema's ATTRIBUTES order, unknown attributes last."""
     return (ATTRIBUTES.index(a) if a in ATTRIBUTES else len(ATTRIBUTES), str(a))
 
 
