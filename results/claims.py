@@ -91,16 +91,28 @@ def choose_extraction(df: pd.DataFrame) -> str | None:
     return "irls" if "irls" in values else sorted(values)[0]
 
 
-def lower_is_better(task: str) -> bool:
-    """The task's direction from attrsub's registry (lower, like every current task, when the
-    task is unknown)."""
-    from attrsub.errors import AttrsubError
-    from attrsub.tasks import get_task
+_TASK_CACHE: dict[str, tuple[str, bool]] = {}
 
-    try:
-        return bool(get_task(task).lower_is_better)
-    except AttrsubError:
-        return True
+
+def task_info(task: str) -> tuple[str, bool]:
+    """(main metric name, lower is better) from attrsub's task registry; ``("main", True)``,
+    the direction of every current task, when the task is unknown. Cached: the report asks
+    once per table cell."""
+    if task not in _TASK_CACHE:
+        from attrsub.errors import AttrsubError
+        from attrsub.tasks import get_task
+
+        try:
+            t = get_task(task)
+            _TASK_CACHE[task] = (t.main_metric, bool(t.lower_is_better))
+        except AttrsubError:
+            _TASK_CACHE[task] = ("main", True)
+    return _TASK_CACHE[task]
+
+
+def lower_is_better(task: str) -> bool:
+    """The task's direction (``task_info``)."""
+    return task_info(task)[1]
 
 
 def _missing_columns(df: pd.DataFrame, needed: Sequence[str]) -> list[str]:

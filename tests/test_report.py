@@ -324,3 +324,14 @@ def test_search_front_drawn_from_pareto_table(tmp_path: Path) -> None:
 def test_pareto_front() -> None:
     assert pareto_front([1, 2, 3, 4], [0.5, 0.6, 0.4, 0.45]) == [0, 2]
     assert pareto_front([1, 2, 3], [0.5, 0.6, 0.4], lower=False) == [0, 1]
+
+
+def test_runs_as_a_module() -> None:
+    """``python -m results.report`` is the package's ``__main__``, not only ``main``."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "results.report", "--help"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m results.report") and not proc.stderr
