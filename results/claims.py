@@ -25,12 +25,15 @@ import numpy as np
 import pandas as pd
 
 from attrsub.errors import DataError
+from attrsub.methods import PAPER_METHOD, REGISTRY
 
 NOT_MEASURED = "not measured"
 REAL_TASK = "real"
-BASELINES = ("lora", "pissa", "psv", "random")
+# Claim 3's baselines: every method with a width but the paper's (LoRA, PiSSA, PSV, random
+# basis), in the registry's order.
+BASELINES = tuple(m for m in REGISTRY.where(takes_rank=True) if m != PAPER_METHOD)
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
-    *(("reduced", b) for b in BASELINES), ("reduced", "full"),
+    *((PAPER_METHOD, b) for b in BASELINES), (PAPER_METHOD, "full"),
 )
 # Claim 3: the reduced method's trainable parameters may be at most this fraction of LoRA's.
 PARAM_FRACTION = 0.25
@@ -38,7 +41,7 @@ PARAM_FRACTION = 0.25
 DISTANCE_MIN = 0.5
 # Claim 2: data subspaces may overlap at most this many times as much as random ones.
 OVERLAP_FACTOR = 2.0
-_TRAINED_ORDER = ("reduced", "full", "lora", "pissa", "psv", "random")
+_TRAINED_ORDER = (PAPER_METHOD, *(m for m in REGISTRY.where(trains=True) if m != PAPER_METHOD))
 PAIR_NEEDED = ("stage", "axis", "task", "method", "seed", "main", "status", "trainable_params")
 PAIR_COLUMNS = ("task", "a", "b", "mean", "ci", "n", "wins", "frac_better", "params_a",
                 "params_b", "param_ratio")

@@ -25,10 +25,18 @@ from attrsub.methods.finetune import (
     load_trained,
     run,
 )
-from attrsub.methods.registry import METHODS, REGISTRY, check_method, get_method, prepare
+from attrsub.methods.registry import (
+    METHODS,
+    PAPER_METHOD,
+    REGISTRY,
+    check_method,
+    get_method,
+    prepare,
+)
 
 __all__ = [
     "METHODS",
+    "PAPER_METHOD",
     "REGISTRY",
     "Context",
     "FinetuneSpec",

@@ -20,6 +20,8 @@ from attrsub.subspace.bank import BasisSet
 
 REGISTRY = Registry(ZeroShot(), FullFinetune(), Lora(), Pissa(), Psv(), RandomBasis(), Reduced())
 METHODS = tuple(REGISTRY)
+#: the paper's method: the one whose ablation axes a study varies and whose claims it tests
+PAPER_METHOD = "reduced"
 
 
 def get_method(name: str) -> Method:

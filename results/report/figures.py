@@ -20,7 +20,15 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullLocator, ScalarFormatter
 
 from results.claims import choose_extraction, task_info
-from results.report.names import attr_key, axis_label, key_label, layer_depth, method_key
+from results.report.names import (
+    attr_key,
+    axis_label,
+    key_label,
+    layer_depth,
+    method_color,
+    method_key,
+    method_legend,
+)
 from results.report.stats import ablation_table, aggregate, pareto_front, tasks_of
 from results.schema import ATTRIBUTES
 
@@ -34,10 +42,6 @@ FIGURES = {
     "disentanglement": "fig-disentanglement.png",
     "disentanglement_depth": "fig-disentanglement-depth.png",
     "spectra": "fig-spectra.png",
-}
-METHOD_COLORS = {
-    "none": "#7f7f7f", "full": "#1f77b4", "lora": "#ff7f0e", "pissa": "#2ca02c",
-    "psv": "#9467bd", "random": "#8c564b", "reduced": "#d62728",
 }
 ATTR_COLORS = {"texture": "#1f77b4", "geometry": "#ff7f0e", "camera": "#2ca02c",
                "lighting": "#9467bd"}
@@ -90,10 +94,6 @@ def _scale(values: Sequence[float]) -> tuple[float, str]:
     return 10.0 ** -exp, f"x 1e{exp}"
 
 
-_RANK_NAMES = {"lora": "LoRA (x = r)", "pissa": "PiSSA (x = r)", "psv": "PSV basis",
-               "random": "random basis", "reduced": "mined subspace"}
-
-
 def _rank_series(td: pd.DataFrame, value: str) -> list[tuple[str, pd.DataFrame]]:
     """(method, aggregate by width) per main-axis method; reduced adds its ``ranks`` axis."""
     main = td[td["axis"] == "main"]
@@ -127,10 +127,10 @@ def fig_rank(ft: pd.DataFrame, path: Path) -> str | None:
         ticks: set[float] = set()
         lines = [m for m, a in series if a["width"].notna().any()]
         for method, agg in series:
-            color = METHOD_COLORS.get(method, "black")
+            color = method_color(method, "black")
             if agg["width"].isna().all():  # none / full: no rank, a reference level
                 mean, ci = agg["mean"].iloc[0] * factor, agg["ci"].iloc[0] * factor
-                name = "no fine-tuning" if method == "none" else "full fine-tuning"
+                name = method_legend(method)
                 h = ax.axhline(mean, color=color, ls="--", lw=1.5, label=name)
                 if np.isfinite(ci):
                     ax.axhspan(mean - ci, mean + ci, color=color, alpha=0.07, lw=0)
@@ -142,7 +142,7 @@ def fig_rank(ft: pd.DataFrame, path: Path) -> str | None:
             ticks.update(x.tolist())
             k = lines.index(method)
             x = x * 2.0 ** (0.025 * (k - (len(lines) - 1) / 2))  # overlapping points apart
-            name = _RANK_NAMES.get(method, str(method))
+            name = method_legend(method)
             (h,) = ax.plot(x, y, marker="o", color=color, lw=2, label=name)
             band = np.isfinite(ci)
             if band.sum() > 1:
@@ -199,12 +199,12 @@ def fig_params(ft: pd.DataFrame, pareto: pd.DataFrame | None, path: Path) -> str
                                 + np.nan_to_num(agg["ci"].to_numpy(float)))
         for _, r in agg[~(agg["params"] > 0)].iterrows():
             name = f"{r['label']} (0 params)"
-            h = ax.axhline(r["mean"] * factor, color=METHOD_COLORS.get(r["method"], "grey"),
+            h = ax.axhline(r["mean"] * factor, color=method_color(r["method"], "grey"),
                            ls="--", lw=1.5, label=name)
             handles.setdefault(name, h)
         pts = agg[agg["params"] > 0].reset_index(drop=True)
         for _, r in pts.iterrows():
-            color = METHOD_COLORS.get(r["method"], "black")
+            color = method_color(r["method"], "black")
             err = r["ci"] * factor if np.isfinite(r["ci"]) else None
             if r["label"] in main_labels:
                 name = r["label"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from attrsub.methods import METHODS, REGISTRY
 from results.claims import task_info
 from results.schema import ATTRIBUTES
 
@@ -25,7 +26,17 @@ METRICS = {
 }
 SPLITS = {"test": "test", "in_domain": "in-domain", "cross_domain": "cross-domain",
           "gap": "gap (cross - in)", "train": "train"}
-METHOD_ORDER = ("none", "full", "lora", "pissa", "psv", "random", "reduced")
+METHOD_ORDER = METHODS  # the registry's order: baselines before the mined subspace
+
+
+def method_color(m: Any, unknown: str = "black") -> str:
+    """A method's plot colour (``Method.color``); ``unknown`` for a method no longer known."""
+    return REGISTRY[m].color if m in REGISTRY else unknown
+
+
+def method_legend(m: Any) -> str:
+    """A method's name in a figure legend (``Method.legend``)."""
+    return REGISTRY[m].legend if m in REGISTRY else str(m)
 
 
 def fmt_int(v: Any) -> str:
@@ -36,11 +47,7 @@ def fmt_int(v: Any) -> str:
 def config_label(r: pd.Series) -> str:
     """The paper's names for a configuration (``mined subspace d=16``), plus the ablated knob."""
     m, rank, d = r["method"], fmt_int(r["rank"]), fmt_int(r["width"])
-    base = {
-        "none": "no fine-tuning", "full": "full fine-tuning", "lora": f"LoRA r={rank}",
-        "pissa": f"PiSSA r={rank}", "psv": f"PSV d={d}", "random": f"random basis d={d}",
-        "reduced": f"mined subspace d={d}",
-    }.get(m, str(m))
+    base = REGISTRY[m].label(rank=rank, width=d) if m in REGISTRY else str(m)
     axis = r["axis"]
     if m != "reduced" or axis in ("main", None):
         return base
