@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -73,18 +74,18 @@ def _progress_printer(label: str) -> Callable[[int, int], None]:
     return update
 
 
+def _settings(cls: type, args: argparse.Namespace, **given: Any) -> dict[str, Any]:
+    """The fields of the dataclass ``cls`` that the command's options set, plus ``given``
+    (options named otherwise), so a command passes its options on by name, not one by one."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {**{k: v for k, v in vars(args).items() if k in names}, **given}
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from attrsub.data.datasets import DatasetSpec, default_cache_root, render_factor_dataset
     from attrsub.fsio import check_creatable
 
-    spec = DatasetSpec(
-        factor=args.factor,
-        group=args.group,
-        scenes=args.scenes,
-        views=args.views,
-        size=args.size,
-        seed=args.seed,
-    )
+    spec = DatasetSpec(**_settings(DatasetSpec, args))
     if args.out is not None:
         check_creatable(args.out, "--out")
     path = render_factor_dataset(
@@ -116,15 +117,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from attrsub.train.pretrain import PretrainRecipe, pretrain
 
-    recipe = PretrainRecipe(
-        config=args.config,
-        scenes=args.scenes,
-        steps=args.steps,
-        size=args.size,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    recipe = PretrainRecipe(**_settings(PretrainRecipe, args))
     report = pretrain(recipe, args.out, cache=args.cache, device=args.device)
     print(json.dumps(report["eval"], indent=2))
     return 0
@@ -323,31 +316,9 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from attrsub.methods import finetune
+    from attrsub.methods import FinetuneSpec, run
 
-    metrics = finetune(
-        args.task,
-        args.method,
-        base=args.base,
-        weights=args.weights,
-        random_init=args.untrained,
-        bank=args.bank,
-        factors=args.factors,
-        rank=args.rank,
-        total_rank=args.total_rank,
-        ortho=args.ortho,
-        steps=args.steps,
-        lr=args.lr,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        train_scenes=args.train_scenes,
-        eval_scenes=args.eval_scenes,
-        views=args.views,
-        size=args.size,
-        cache=args.cache,
-        out=args.out,
-        device=args.device,
-    )
+    metrics = run(FinetuneSpec(**_settings(FinetuneSpec, args, random_init=args.untrained)))
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
