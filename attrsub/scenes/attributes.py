@@ -166,7 +166,9 @@ EXTREMES = Ranges(
 
 @dataclass(frozen=True)
 class FactorSpec:
-    """Which attribute goes to its extremes (or ``canonical``), which group, scenes, views."""
+    """Which attribute goes to its extremes (or ``canonical``), which group, scenes, views.
+
+    Its checks are the only ones of these fields: ``DatasetSpec`` runs them too."""
 
     factor: str
     group: int = 0
@@ -177,11 +179,12 @@ class FactorSpec:
     def __post_init__(self) -> None:
         valid = (*FACTORS, CANONICAL)
         if self.factor not in valid:
-            raise ConfigError(f"unknown factor {self.factor!r}; valid factors are {valid}")
+            raise ConfigError(f"unknown factor {self.factor!r}; valid: {', '.join(valid)}")
         for name, lo in (("group", 0), ("scenes", 1), ("views", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+                kind = "positive" if lo else "non-negative"
+                raise ConfigError(f"{name} must be a {kind} integer, got {value!r}")
         if self.views > 1024:
             raise ConfigError(f"views must be at most 1024, got {self.views}")
 
