@@ -27,7 +27,7 @@ from attrsub.errors import ConfigError
 from attrsub.eval.align import DEPTH_ALIGN_MODES
 from attrsub.eval.evaluate import run_split
 from attrsub.eval.metrics import POINT_SOURCES
-from attrsub.scenes.draw import LightingRanges, TextureRanges
+from attrsub.scenes.draw import LightingRanges, TextureRanges, keyed_stream
 from attrsub.scenes.spec import SceneSpec
 from attrsub.size import check_size
 
@@ -142,6 +142,11 @@ class Task:
                 f"task {self.name!r}: points_from must be one of {POINT_SOURCES}, got "
                 f"{self.points_from!r}"
             )
+
+    def stream(self, seed: int, split: str, index: int, attribute: int) -> np.random.Generator:
+        """The numpy stream of one attribute of scene ``index`` of ``split`` (index 0: the
+        split's own draws, such as its labels or order)."""
+        return keyed_stream(seed, f"{self.name}/{split}", index, attribute)
 
     def check(self, size: TaskSize) -> TaskSize:
         """Reject sizes this task cannot use (before rendering or loading anything)."""

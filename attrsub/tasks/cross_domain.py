@@ -22,7 +22,6 @@ from attrsub.scenes.draw import (
     draw_camera,
     draw_lighting,
     draw_material,
-    keyed_stream,
     uniform,
 )
 from attrsub.scenes.spec import (
@@ -136,11 +135,12 @@ class CrossDomainTask(SceneTask):
         return [self._scene(seed, split, family, i, views) for i in range(n)]
 
     def _scene(self, seed: int, split: str, fam: Family, i: int, views: int) -> SceneSpec:
-        def rng(stream: int) -> np.random.Generator:
-            return keyed_stream(seed, f"{self.name}/{split}", i + 1, stream)
+        def rng(attribute: int) -> np.random.Generator:
+            return self.stream(seed, split, i + 1, attribute)
 
         tex = rng(TEXTURE_STREAM)
         ranges = dataclasses.replace(TASK_TEXTURE, kinds=fam.textures)
+        # skin_prob 0 still makes the skin draw, as these streams always have: same order.
         mats = iter([draw_material(tex, ranges, skin_prob=0.0) for _ in range(24)])
         ground = Ground(40.0, next(mats))
         geo = rng(GEOMETRY_STREAM)

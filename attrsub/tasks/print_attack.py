@@ -20,7 +20,7 @@ import torch
 
 from attrsub.errors import ConfigError
 from attrsub.eval.evaluate import run_split
-from attrsub.scenes.draw import draw_lighting, draw_material, keyed_stream, uniform
+from attrsub.scenes.draw import draw_lighting, draw_material, uniform
 from attrsub.scenes.spec import Box, Camera, Ground, HeightField, SceneSpec, Sphere, SubObject
 from attrsub.tasks.base import (
     CAMERA_STREAM,
@@ -175,13 +175,13 @@ class PrintAttackTask(SceneTask):
         return {self.split: scenes}
 
     def _scenes(self, seed: int, split: str, n: int, views: int) -> list[SceneSpec]:
-        order = keyed_stream(seed, f"{self.name}/{split}", 0, LABEL_STREAM).permutation(n)
+        order = self.stream(seed, split, 0, LABEL_STREAM).permutation(n)
         prints = order < n // 2
         return [self._scene(seed, split, i, bool(prints[i]), views) for i in range(n)]
 
     def _scene(self, seed: int, split: str, i: int, printed: bool, views: int) -> SceneSpec:
-        def rng(stream: int) -> np.random.Generator:
-            return keyed_stream(seed, f"{self.name}/{split}", i + 1, stream)
+        def rng(attribute: int) -> np.random.Generator:
+            return self.stream(seed, split, i + 1, attribute)
 
         tex = rng(TEXTURE_STREAM)
         ranges = dataclasses.replace(TASK_TEXTURE, kinds=self.texture_kinds)

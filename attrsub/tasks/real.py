@@ -17,7 +17,6 @@ from attrsub.data.captures import (
     castel_windows,
     chessboard_captures,
 )
-from attrsub.scenes.draw import keyed_stream
 from attrsub.tasks.base import (
     LABEL_STREAM,
     PathLike,
@@ -59,8 +58,7 @@ class RealTask(Task):
         """The castel frame windows of the train and test splits, deterministic from ``seed``."""
         size, seed = self.check(size), check_seed(seed)
         wins = castel_windows(self.views(size))
-        stream = keyed_stream(seed, f"{self.name}/windows", 0, LABEL_STREAM)
-        order = stream.permutation(len(wins))
+        order = self.stream(seed, "windows", 0, LABEL_STREAM).permutation(len(wins))
         n_test = min(size.eval_scenes, len(wins) // 2)
         n_train = min(size.train_scenes, len(wins) - n_test)
         return {
@@ -71,8 +69,7 @@ class RealTask(Task):
     def chessboard_pairs(self, seed: int, size: TaskSize) -> list[int]:
         """Indices into ``CHESS_PAIRS`` of the chessboard split."""
         size, seed = self.check(size), check_seed(seed)
-        stream = keyed_stream(seed, f"{self.name}/chessboard", 0, LABEL_STREAM)
-        order = stream.permutation(len(CHESS_PAIRS))
+        order = self.stream(seed, "chessboard", 0, LABEL_STREAM).permutation(len(CHESS_PAIRS))
         return sorted(int(i) for i in order[: min(size.eval_scenes, len(CHESS_PAIRS))])
 
     def require_data(self, cache: PathLike | None) -> None:
