@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attrsub.checks import int_in
 from attrsub.data.datasets import SceneDataset, build_dataset
 from attrsub.errors import ConfigError
 from attrsub.eval.align import DEPTH_ALIGN_MODES
@@ -60,19 +61,9 @@ TASK_TEXTURE = TextureRanges(
 )
 
 
-def _int(value: Any, name: str, lo: int, hi: int) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or not (lo <= int(value) <= hi)
-    ):
-        raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    return int(value)
-
-
 def check_seed(seed: Any) -> int:
     """The seed as an int, or ConfigError before any work."""
-    return _int(seed, "seed", 0, MAX_SEED)
+    return int_in(seed, "seed", 0, MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -85,9 +76,9 @@ class TaskSize:
     size: int = 112
 
     def __post_init__(self) -> None:
-        _int(self.train_scenes, "train_scenes", 1, 100_000)
-        _int(self.eval_scenes, "eval_scenes", 1, 100_000)
-        _int(self.views, "views", 2, MAX_VIEWS)
+        int_in(self.train_scenes, "train_scenes", 1, 100_000)
+        int_in(self.eval_scenes, "eval_scenes", 1, 100_000)
+        int_in(self.views, "views", 2, MAX_VIEWS)
         check_size(self.size, "task image size")
 
 
