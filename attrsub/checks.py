@@ -9,6 +9,7 @@ things (a rank, whether data fit), so such a value gets the same line either way
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import shutil
@@ -36,6 +37,14 @@ def positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{what} {value!r} is not a positive integer (1 or more)")
     return value
+
+
+def int_in(value: Any, what: str, lo: int, hi: int) -> int:
+    """``value`` as an int if it is an integer (numpy's too, not a bool) in ``[lo, hi]``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or not lo <= int(value) <= hi):
+        raise ConfigError(f"{what} must be an integer in [{lo}, {hi}], got {value!r}")
+    return int(value)
 
 
 def nonneg_int(value: Any, what: str) -> int:

@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 from attrsub import storage
 from attrsub.errors import ConfigError, DataError, StorageError
 from attrsub.fsio import atomic_path
+from attrsub.scenes.attributes import FACTORS as ATTRIBUTES
 
-ATTRIBUTES = ("texture", "geometry", "camera", "lighting")
 STATUSES = ("ok", "failed", "stopped")
 STAGES = ("mine", "finetune", "search")
 

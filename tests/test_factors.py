@@ -17,9 +17,9 @@ from attrsub.scenes.attributes import (
     EXTREMES,
     FACTORS,
     FactorSpec,
-    intervals,
     sample_scenes,
 )
+from attrsub.scenes.draw import intervals
 from attrsub.scenes.render import render
 from attrsub.scenes.spec import Material, SceneSpec
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from attrsub.errors import ConfigError
+from attrsub.eval.evaluate import run_split
 from attrsub.model import build
 from attrsub.scenes.render import render
 from attrsub.tasks import (
@@ -25,7 +26,6 @@ from attrsub.tasks import (
     is_print,
     planarity,
     plane_fit_residual,
-    run_split,
     scene_shapes,
     scene_textures,
     select_threshold,
@@ -191,14 +191,14 @@ def test_evaluate_random_model_gives_finite_metrics(name: str, tmp_path: Path) -
 def test_batched_evaluation_equals_one_scene_at_a_time(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Scenes are evaluated EVAL_BATCH per forward; every per-scene number is the same."""
-    import attrsub.tasks as tasks
+    import attrsub.eval.evaluate as loop
 
     torch.manual_seed(0)
     model = build("vggt-tiny")
     task = _print_task()
     data = task.eval_data(tmp_path, SMALL)["test"]
     batched, stats = run_split(model, data, torch.device("cpu"), task.sample_stats)
-    monkeypatch.setattr(tasks, "EVAL_BATCH", 1)
+    monkeypatch.setattr(loop, "EVAL_BATCH", 1)
     single, stats1 = run_split(model, data, torch.device("cpu"), task.sample_stats)
     assert batched.keys() == single.keys()
     for k in batched:

@@ -34,7 +34,9 @@ from attrsub import __version__
 from attrsub.checks import check_render_fits
 from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import check_creatable, publish_dir, write_json
-from attrsub.scenes.attributes import CANONICAL, FACTORS, FactorSpec, sample_scenes
+
+# CANONICAL and FACTORS stay importable from here for attrsub.cli, which reads them here.
+from attrsub.scenes.attributes import CANONICAL, FACTORS, FactorSpec, sample_scenes  # noqa: F401
 from attrsub.scenes.render import OUTPUT_KEYS, RENDER_VERSION, render
 from attrsub.scenes.spec import SceneSpec
 from attrsub.size import check_size
@@ -68,18 +70,11 @@ class DatasetSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        valid = (*FACTORS, CANONICAL)
-        if self.factor not in valid:
-            raise ConfigError(f"unknown factor {self.factor!r}; valid: {', '.join(valid)}")
-        for name in ("scenes", "views"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.group, int) or self.group < 0:
-            raise ConfigError(f"group must be a non-negative integer, got {self.group!r}")
+        self.factor_spec()  # the scene fields' checks, before any rendering
         check_size(self.size)
 
     def factor_spec(self) -> FactorSpec:
+        """The scene draw this dataset renders."""
         return FactorSpec(
             factor=self.factor,
             group=self.group,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attrsub.errors import ConfigError
+from attrsub.size import PATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class ModelConfig:
 
     name: str = "vggt-1b"
     img_size: int = 518
-    patch_size: int = 14
+    patch_size: int = PATCH_SIZE
     embed_dim: int = 1024
     depth: int = 24
     num_heads: int = 16

@@ -13,103 +13,46 @@ pretraining distribution (``attrsub pretrain``).
 Groups: several datasets (one adapter each) of one family differ only in their draws, so
 adapters of one attribute are independent samples of the same family.
 
-A range is one interval ``(lo, hi)`` or several (``((lo, hi), (lo2, hi2))``, the two tails
-of an extreme); a draw picks one interval uniformly, then a value uniformly inside it.
-Every draw uses its own numpy stream keyed by (seed, factor, group, scene, attribute), so
-one attribute's draw never shifts another's.
+Ranges and the draws from them live in ``attrsub.scenes.draw``, which the tasks share. Every
+draw uses its own numpy stream keyed by (seed, factor, group, scene, attribute), so one
+attribute's draw never shifts another's.
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from attrsub.errors import ConfigError
+from attrsub.scenes.draw import (
+    CameraRanges,
+    GeometryRanges,
+    LightingRanges,
+    Placer,
+    TextureRanges,
+    draw_camera,
+    draw_lighting,
+    draw_material,
+    integer,
+    uniform,
+)
 from attrsub.scenes.spec import (
     Box,
-    Camera,
     Cylinder,
     Ground,
     HeightField,
-    Light,
-    Lighting,
     Material,
     SceneSpec,
     Sphere,
     SubObject,
-    Texture,
 )
 
 FACTORS = ("texture", "geometry", "camera", "lighting")
 CANONICAL = "canonical"
 # Material slots drawn per texture draw: the ground plus the most primitives EXTREMES place.
 MATERIAL_SLOTS = 32
-Interval = tuple[float, float]
-Range = Interval | tuple[Interval, ...]
-IntRange = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class TextureRanges:
-    """Albedo: pattern kinds, frequency (cycles per unit), palette HSV, specular."""
-
-    kinds: tuple[str, ...]
-    frequency: Range
-    colours: IntRange
-    saturation: Range
-    value: Range
-    specular: Range
-    shininess: Range
-
-
-@dataclass(frozen=True)
-class GeometryRanges:
-    """Primitive counts, sizes (half-sizes / radii, scene units) and placement spread."""
-
-    boxes: IntRange
-    subs_per_box: IntRange
-    spheres: IntRange
-    cylinders: IntRange
-    heightfields: IntRange
-    box_half: Range
-    sphere_radius: Range
-    cylinder_radius: Range
-    cylinder_half_height: Range
-    spread: Range
-    bump_amplitude: Range
-    bump_sigma: Range
-    bumps: IntRange
-    ripple: Range
-
-
-@dataclass(frozen=True)
-class CameraRanges:
-    """Trajectory family, field of view, distance to target, elevation, path span, jitter."""
-
-    trajectories: tuple[str, ...]
-    fov_deg: Range
-    distance: Range
-    elevation_deg: Range
-    span_deg: Range
-    micro_span_deg: Range
-    lookat_jitter: Range
-    dolly_frac: Range
-
-
-@dataclass(frozen=True)
-class LightingRanges:
-    """Ambient level, light count/colour/intensity/elevation, point-light odds, exposure."""
-
-    ambient: Range
-    lights: IntRange
-    saturation: Range
-    intensity: Range
-    elevation_deg: Range
-    point_prob: float
-    exposure: Range
 
 
 @dataclass(frozen=True)
@@ -223,7 +166,9 @@ EXTREMES = Ranges(
 
 @dataclass(frozen=True)
 class FactorSpec:
-    """Which attribute goes to its extremes (or ``canonical``), which group, scenes, views."""
+    """Which attribute goes to its extremes (or ``canonical``), which group, scenes, views.
+
+    Its checks are the only ones of these fields: ``DatasetSpec`` runs them too."""
 
     factor: str
     group: int = 0
@@ -234,11 +179,12 @@ class FactorSpec:
     def __post_init__(self) -> None:
         valid = (*FACTORS, CANONICAL)
         if self.factor not in valid:
-            raise ConfigError(f"unknown factor {self.factor!r}; valid factors are {valid}")
+            raise ConfigError(f"unknown factor {self.factor!r}; valid: {', '.join(valid)}")
         for name, lo in (("group", 0), ("scenes", 1), ("views", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+                kind = "positive" if lo else "non-negative"
+                raise ConfigError(f"{name} must be a {kind} integer, got {value!r}")
         if self.views > 1024:
             raise ConfigError(f"views must be at most 1024, got {self.views}")
 
@@ -281,48 +227,8 @@ def sample_scenes(spec: FactorSpec) -> list[SceneSpec]:
     return scenes
 
 
-def intervals(r: Range) -> tuple[Interval, ...]:
-    """The intervals of a range: one, or the tails of an extreme."""
-    return tuple(r) if isinstance(r[0], tuple) else (r,)  # type: ignore[return-value]
-
-
-def _interval(rng: np.random.Generator, r: Range) -> Interval:
-    parts = intervals(r)
-    return parts[int(rng.integers(len(parts)))] if len(parts) > 1 else parts[0]
-
-
-def _u(rng: np.random.Generator, r: Range) -> float:
-    lo, hi = _interval(rng, r)
-    return float(rng.uniform(lo, hi))
-
-
-def _log_u(rng: np.random.Generator, r: Range) -> float:
-    lo, hi = _interval(rng, r)
-    return math.exp(float(rng.uniform(math.log(lo), math.log(hi))))
-
-
-def _i(rng: np.random.Generator, r: IntRange) -> int:
-    return int(rng.integers(r[0], r[1] + 1))
-
-
 def _materials(rng: np.random.Generator, t: TextureRanges) -> tuple[Material, ...]:
-    out = []
-    for _ in range(MATERIAL_SLOTS):
-        palette = tuple(
-            tuple(
-                float(c)
-                for c in colorsys.hsv_to_rgb(rng.random(), _u(rng, t.saturation), _u(rng, t.value))
-            )
-            for _ in range(_i(rng, t.colours))
-        )
-        tex = Texture(
-            kind=str(rng.choice(t.kinds)),
-            frequency=_log_u(rng, t.frequency),
-            palette=palette,  # type: ignore[arg-type]
-            seed=int(rng.integers(0, 2**24)),
-        )
-        out.append(Material(tex, specular=_u(rng, t.specular), shininess=_u(rng, t.shininess)))
-    return tuple(out)
+    return tuple(draw_material(rng, t) for _ in range(MATERIAL_SLOTS))
 
 
 def _geometry(
@@ -332,115 +238,54 @@ def _geometry(
 ]:
     """Place primitives on the ground around the origin; materials are taken in slot order."""
     slot = iter(mats[1:])
-    spread = _u(rng, g.spread)
-    placed: list[tuple[float, float, float]] = []
-
-    def spot(radius: float) -> tuple[float, float]:
-        """Rejection-sample a ground position that keeps clear of what is already placed."""
-        for _ in range(20):
-            r, a = spread * math.sqrt(rng.random()), 2 * math.pi * rng.random()
-            x, y = r * math.cos(a), r * math.sin(a)
-            if all(math.hypot(x - px, y - py) > radius + pr for px, py, pr in placed):
-                break
-        placed.append((x, y, radius))
-        return x, y
+    spread = uniform(rng, g.spread)
+    spot = Placer(rng, spread).spot
 
     fields = []
-    for _ in range(_i(rng, g.heightfields)):
-        half = (_u(rng, (1.0, 2.0)), _u(rng, (1.0, 2.0)))
-        cx, cy = (_u(rng, (-spread, spread)) for _ in range(2))
+    for _ in range(integer(rng, g.heightfields)):
+        half = (uniform(rng, (1.0, 2.0)), uniform(rng, (1.0, 2.0)))
+        cx, cy = (uniform(rng, (-spread, spread)) for _ in range(2))
         bumps = tuple(
             (
-                _u(rng, g.bump_amplitude),
-                cx + half[0] * _u(rng, (-0.6, 0.6)),
-                cy + half[1] * _u(rng, (-0.6, 0.6)),
-                _u(rng, g.bump_sigma),
+                uniform(rng, g.bump_amplitude),
+                cx + half[0] * uniform(rng, (-0.6, 0.6)),
+                cy + half[1] * uniform(rng, (-0.6, 0.6)),
+                uniform(rng, g.bump_sigma),
             )
-            for _ in range(_i(rng, g.bumps))
+            for _ in range(integer(rng, g.bumps))
         )
-        k, phi = _u(rng, (1.0, 6.0)), 2 * math.pi * rng.random()
+        k, phi = uniform(rng, (1.0, 6.0)), 2 * math.pi * rng.random()
         ripple = (
-            _u(rng, g.ripple),
+            uniform(rng, g.ripple),
             k * math.cos(phi),
             k * math.sin(phi),
             2 * math.pi * rng.random(),
         )
         fields.append(HeightField((cx, cy), half, bumps, ripple, next(slot)))
     boxes = []
-    for _ in range(_i(rng, g.boxes)):
-        half3 = tuple(_u(rng, g.box_half) for _ in range(3))
+    for _ in range(integer(rng, g.boxes)):
+        half3 = tuple(uniform(rng, g.box_half) for _ in range(3))
         x, y = spot(math.hypot(half3[0], half3[1]))
         mat = next(slot)
         subs = tuple(
             SubObject(
                 shape=str(rng.choice(("box", "sphere"))),
                 face=int(rng.integers(0, 5)),
-                offset=(_u(rng, (-0.8, 0.8)), _u(rng, (-0.8, 0.8))),
-                size=min(half3) * _u(rng, (0.3, 0.6)),
+                offset=(uniform(rng, (-0.8, 0.8)), uniform(rng, (-0.8, 0.8))),
+                size=min(half3) * uniform(rng, (0.3, 0.6)),
                 material=next(slot),
             )
-            for _ in range(_i(rng, g.subs_per_box))
+            for _ in range(integer(rng, g.subs_per_box))
         )
-        boxes.append(Box((x, y, half3[2]), half3, _u(rng, (0.0, 90.0)), mat, subs))  # type: ignore[arg-type]
+        boxes.append(Box((x, y, half3[2]), half3, uniform(rng, (0.0, 90.0)), mat, subs))  # type: ignore[arg-type]
     spheres = []
-    for _ in range(_i(rng, g.spheres)):
-        r = _u(rng, g.sphere_radius)
+    for _ in range(integer(rng, g.spheres)):
+        r = uniform(rng, g.sphere_radius)
         x, y = spot(r)
         spheres.append(Sphere((x, y, r), r, next(slot)))
     cylinders = []
-    for _ in range(_i(rng, g.cylinders)):
-        r, hh = _u(rng, g.cylinder_radius), _u(rng, g.cylinder_half_height)
+    for _ in range(integer(rng, g.cylinders)):
+        r, hh = uniform(rng, g.cylinder_radius), uniform(rng, g.cylinder_half_height)
         x, y = spot(r)
         cylinders.append(Cylinder((x, y, hh), r, hh, next(slot)))
     return Ground(40.0, mats[0]), tuple(boxes), tuple(spheres), tuple(cylinders), tuple(fields)
-
-
-def draw_lighting(rng: np.random.Generator, lr: LightingRanges) -> Lighting:
-    """One lighting setup from ``lr``; public so task samplers reuse the families' draws."""
-    lights = []
-    for _ in range(_i(rng, lr.lights)):
-        color = tuple(
-            float(c) for c in colorsys.hsv_to_rgb(rng.random(), _u(rng, lr.saturation), 1.0)
-        )
-        az, el = 2 * math.pi * rng.random(), math.radians(_u(rng, lr.elevation_deg))
-        direction = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
-        intensity = _u(rng, lr.intensity)
-        if rng.random() < lr.point_prob:
-            dist = _u(rng, (2.5, 6.0))
-            pos = tuple(dist * c for c in direction)
-            lights.append(Light("point", pos, color, intensity * dist * dist))  # type: ignore[arg-type]
-        else:
-            lights.append(Light("directional", direction, color, intensity))  # type: ignore[arg-type]
-    sky = tuple(
-        float(c)
-        for c in colorsys.hsv_to_rgb(
-            _u(rng, (0.55, 0.65)), _u(rng, (0.1, 0.5)), _u(rng, (0.5, 0.95))
-        )
-    )
-    return Lighting(
-        ambient=_u(rng, lr.ambient),
-        ambient_color=sky,  # type: ignore[arg-type]
-        lights=tuple(lights),
-        sky=sky,  # type: ignore[arg-type]
-        exposure=_u(rng, lr.exposure),
-    )
-
-
-def draw_camera(rng: np.random.Generator, c: CameraRanges, views: int) -> Camera:
-    """One camera path of ``views`` frames from ``c``; public for the task samplers."""
-    trajectory = str(rng.choice(c.trajectories))
-    span = _u(rng, c.micro_span_deg if trajectory == "micro" else c.span_deg)
-    return Camera(
-        trajectory=trajectory,
-        views=views,
-        fov_deg=_u(rng, c.fov_deg),
-        distance=_u(rng, c.distance),
-        elevation_deg=_u(rng, c.elevation_deg),
-        azimuth_deg=_u(rng, (-180.0, 180.0)),
-        span_deg=span,
-        target=(0.0, 0.0, 0.5),
-        lookat_jitter=_u(rng, c.lookat_jitter),
-        dolly_frac=_u(rng, c.dolly_frac),
-        controls=5,
-        seed=int(rng.integers(0, 2**31)),
-    )

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from attrsub.checks import int_in
 from attrsub.errors import ConfigError
 
 Vec2 = tuple[float, float]
@@ -63,14 +64,6 @@ def _check(ok: bool, message: str) -> None:
 
 def _choice(value: Any, valid: tuple[str, ...], name: str) -> None:
     _check(value in valid, f"{name} {value!r} is not valid; choose one of {valid}")
-
-
-def _count(value: Any, name: str, lo: int, hi: int) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    _check(
-        ok and lo <= int(value) <= hi, f"{name} must be an integer in [{lo}, {hi}], got {value!r}"
-    )
-    return int(value)
 
 
 class _Spec:
@@ -139,7 +132,7 @@ class Texture(_Spec):
             f"palette colours must lie in [0, 1], got {pal}",
         )
         _set(self, "palette", pal)
-        _set(self, "seed", _count(self.seed, "texture seed", 0, 2**24 - 1))
+        _set(self, "seed", int_in(self.seed, "texture seed", 0, 2**24 - 1))
 
 
 @dataclass(frozen=True)
@@ -177,7 +170,7 @@ class SubObject(_Spec):
 
     def __post_init__(self) -> None:
         _choice(self.shape, SUB_SHAPES, "sub-object shape")
-        _set(self, "face", _count(self.face, "sub-object face", 0, len(FACE_NORMALS) - 1))
+        _set(self, "face", int_in(self.face, "sub-object face", 0, len(FACE_NORMALS) - 1))
         _set(self, "offset", _vec(self.offset, 2, "sub-object offset"))
         _check(
             all(-1 <= x <= 1 for x in self.offset),
@@ -423,7 +416,7 @@ class Camera(_Spec):
 
     def __post_init__(self) -> None:
         _choice(self.trajectory, TRAJECTORIES, "camera trajectory")
-        _set(self, "views", _count(self.views, "camera views", 1, 1024))
+        _set(self, "views", int_in(self.views, "camera views", 1, 1024))
         for name, lo, hi in (
             ("fov_deg", 10.0, 120.0),
             ("distance", 0.5, 1000.0),
@@ -437,8 +430,8 @@ class Camera(_Spec):
             _check(lo <= value <= hi, f"camera {name} must be in [{lo}, {hi}], got {value}")
             _set(self, name, value)
         _set(self, "target", _vec(self.target, 3, "camera target"))
-        _set(self, "controls", _count(self.controls, "camera controls", 2, 64))
-        _set(self, "seed", _count(self.seed, "camera seed", 0, 2**31 - 1))
+        _set(self, "controls", int_in(self.controls, "camera controls", 2, 64))
+        _set(self, "seed", int_in(self.seed, "camera seed", 0, 2**31 - 1))
 
     def poses(self) -> tuple[np.ndarray, np.ndarray]:
         """Camera-from-scene rotations [V,3,3] and camera centres [V,3] (float64, OpenCV)."""

@@ -43,8 +43,9 @@ from torch import Tensor, nn
 
 from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
+from attrsub.fetch import file_sha256
 from attrsub.fsio import atomic_path, check_new_file, read_safetensors
-from attrsub.model.base import BaseModel, file_sha256
+from attrsub.model.base import BaseModel
 from attrsub.subspace.bank import Bank, load_bank, save_bank
 from attrsub.subspace.extract import ExtractConfig, LayerSubspace
 from attrsub.subspace.integrate import rank_of

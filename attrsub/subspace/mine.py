@@ -27,10 +27,11 @@ from attrsub.adapters.lora import (
 )
 from attrsub.adapters.update import Update
 from attrsub.checks import check_training_fits
-from attrsub.data.datasets import FACTORS, DatasetSpec, SceneDataset, render_factor_dataset
+from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import check_creatable, check_new_dir, publish_dir
 from attrsub.model.base import DEFAULT_BASE, load_base
+from attrsub.scenes.attributes import FACTORS
 from attrsub.subspace.bank import Bank
 from attrsub.subspace.evidence import ALL_LAYERS, evidence_rows, load_adapters
 from attrsub.subspace.extract import ExtractConfig, LayerSubspace, extract_all

@@ -22,9 +22,10 @@ from attrsub.checks import check_render_fits, check_training_fits
 from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.errors import ConfigError
 from attrsub.eval.evaluate import evaluate
+from attrsub.fetch import file_sha256
 from attrsub.fsio import atomic_path, check_creatable, write_json
 from attrsub.model import CONFIGS, build
-from attrsub.model.base import WEIGHTS_DIR, file_sha256
+from attrsub.model.base import WEIGHTS_DIR
 from attrsub.train.loop import TrainConfig, seed_everything, train
 from attrsub.train.losses import LossWeights
 
