@@ -200,7 +200,7 @@ def _extract_rank(text: str) -> int | str:
 
 def _factor_list(text: str) -> tuple[str, ...]:
     """``--factors``: comma-separated attribute names."""
-    from attrsub.data.datasets import FACTORS
+    from attrsub.scenes.attributes import FACTORS
 
     names = tuple(f.strip() for f in text.split(",") if f.strip())
     for name in names:
@@ -326,10 +326,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option; values are checked as they are parsed (attrsub.checks), so
     a bad one is refused in one line before any import of torch models or any work."""
-    from attrsub.data.datasets import CANONICAL, FACTORS
     from attrsub.eval.align import DEPTH_ALIGN_MODES
     from attrsub.methods import METHODS, FinetuneSpec
     from attrsub.model import CONFIGS
+    from attrsub.scenes.attributes import CANONICAL, FACTORS
     from attrsub.subspace.extract import METHODS as EXTRACT
     from attrsub.subspace.integrate import METHODS as ORTHO
 

@@ -36,7 +36,7 @@ from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import check_creatable, publish_dir, write_json
 
 # CANONICAL and FACTORS stay importable from here for attrsub.cli, which reads them here.
-from attrsub.scenes.attributes import CANONICAL, FACTORS, FactorSpec, sample_scenes  # noqa: F401
+from attrsub.scenes.attributes import FactorSpec, sample_scenes
 from attrsub.scenes.render import OUTPUT_KEYS, RENDER_VERSION, render
 from attrsub.scenes.spec import SceneSpec
 from attrsub.size import check_size
