@@ -100,8 +100,8 @@ def run_grid(
 
 
 def fit(tuner: Any, rec: Any) -> Any:
-    """``tuner.fit()``, raising KeyboardInterrupt after a Ctrl-C stopped it (``_on_sigint``),
-    and the recorder's StorageError once storage has failed: Tune may
+    """``tuner.fit()``, raising KeyboardInterrupt after a Ctrl-C stopped it (see
+    ``sweeps.session``), and the recorder's StorageError once storage has failed: Tune may
     then trip over files it could not write itself (an empty error.pkl raises EOFError while
     it builds the results), which would hide the cause."""
     with tune_running():
