@@ -375,9 +375,6 @@ def check_weights(preset: Preset, weights: str | None) -> tuple[str | None, str]
     return None, file_sha256(shipped)
 
 
-# What ends a study with one line instead of a traceback: bad input found up front, or
-# storage that can no longer be written (the tables written so far stay intact).
-
 def code_version() -> str:
     """attrsub's version plus the git commit (and ``+dirty``) when run from a checkout."""
     try:
