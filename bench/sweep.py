@@ -6,7 +6,7 @@ then runs the first ``--trials`` stage-2 jobs of the preset twice:
 - serial baseline: one fresh process, torch using all ``--cpus`` threads, one
   ``attrsub.methods.finetune`` call after another, reduced bases integrated locally from the
   bank (one integration per key, as the actor would);
-- sweep: ``sweeps.ablation.run_finetune`` on a local Ray cluster of ``--cpus`` CPUs, one CPU
+- sweep: ``sweeps.finetune.run_finetune`` on a local Ray cluster of ``--cpus`` CPUs, one CPU
   per trial, reduced bases served by the study's subspace actor.
 
 Both clocks include their own start-up: the serial process its imports (torch, PEFT) and
@@ -111,15 +111,17 @@ def main() -> None:
     import ray
 
     from sweeps import actor as subspace_actor
-    from sweeps.ablation import finetune_jobs, run_finetune
     from sweeps.config import load_preset
-    from sweeps.mine import run_mining
-    from sweeps.runtime import code_version, init_ray, make_dirs, study_id, study_paths
+    from sweeps.finetune import finetune_jobs, run_finetune
+    from sweeps.mining import run_mining
+    from sweeps.session import init_ray
+    from sweeps.study import code_version, make_dirs, study_id, study_paths
 
     one_cpu = {"cpu": 1.0, "gpu": 0.0}
     preset = dataclasses.replace(load_preset(args.preset),
                                  resources={"mine": one_cpu, "finetune": one_cpu})
     jobs = finetune_jobs(preset)[: args.trials]
+    plain = [j.to_dict() for j in jobs]  # the serial baseline's jobs: unpickling imports nothing
     root = Path(tempfile.mkdtemp(prefix="attrsub-bench-sweep-"))
     paths = study_paths(root, "bench", None)
     make_dirs(paths)
@@ -132,15 +134,15 @@ def main() -> None:
     t0 = time.perf_counter()
     mined = run_mining(preset, "bench", paths, version)
     print(f"mined {len(mined)} adapters in {time.perf_counter() - t0:.1f} s (not timed below)")
-    extractions = sorted({j["extraction"] for j in jobs if j["extraction"]})
+    extractions = sorted({j.extraction for j in jobs if j.extraction})
     banks = {ext: ray.get(handle.bank_path.remote(ext)) for ext in extractions}
-    _warm(preset, jobs, paths.cache)
+    _warm(preset, plain, paths.cache)
 
     serial, startup, sweep, overhead, trial_wall = [], [], [], [], []
     stats: dict[str, Any] = {"requests": 0, "hits": 0}
     served: list[tuple[int, int]] = []  # (requests, hits) of each repeat's sweep
     for rep in range(args.repeats):
-        wall, start = _serial_in_fresh_process(args.preset, jobs, banks, str(paths.cache),
+        wall, start = _serial_in_fresh_process(args.preset, plain, banks, str(paths.cache),
                                                args.cpus)
         serial.append(wall)
         startup.append(start)

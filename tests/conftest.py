@@ -9,8 +9,8 @@ import pytest
 
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # = sweeps.runtime.LOCAL_ONLY_ENV
-os.environ.setdefault("ATTRSUB_RAY_DASHBOARD", "0")  # = sweeps.runtime.DASHBOARD_ENV: faster
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # = sweeps.session.LOCAL_ONLY_ENV
+os.environ.setdefault("ATTRSUB_RAY_DASHBOARD", "0")  # = sweeps.session.DASHBOARD_ENV: faster
 
 
 @pytest.fixture(scope="module")

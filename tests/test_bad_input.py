@@ -644,7 +644,7 @@ def presets(text: str | None = None, **changes: object) -> Setup:
 def existing_study(tmp: Path, paths: Paths) -> None:
     """A smoke study at ``{tmp}/studies`` as a driver's session starts it (its record)."""
     from results.schema import write_record
-    from sweeps.runtime import claim, open_study, study_parser
+    from sweeps.study import claim, open_study, study_parser
 
     args = study_parser("setup", None).parse_args(
         ["--preset", "smoke", "--storage", str(tmp / "studies")])

@@ -18,15 +18,9 @@ import yaml
 from attrsub.errors import ConfigError
 from results.schema import PARETO_SCHEMA
 from sweeps.config import PRESETS, from_dict, load_preset
-from sweeps.search import (
-    Stream,
-    main,
-    make_job,
-    make_searcher,
-    open_optuna,
-    outcome,
-    settle_stale,
-)
+from sweeps.job import Job
+from sweeps.search import main, make_job
+from sweeps.searcher import Stream, make_searcher, open_optuna, outcome, settle_stale
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -108,13 +102,14 @@ def test_rank_zero_drops_the_attribute_and_all_zero_is_infeasible() -> None:
     job = make_job(p, "print_attack", "reduced",
                    {"rank_texture": 0, "rank_geometry": 3, "rank_camera": 0, "rank_lighting": 1,
                     "lr": 0.01}, "t")
-    assert job["factors"] == ["geometry", "lighting"] and job["ranks"] == {"geometry": 3,
-                                                                            "lighting": 1}
-    assert job["steps"] == p.steps and job["ortho"] == "qr"
+    assert job.factors == ("geometry", "lighting") and job.ranks == {"geometry": 3,
+                                                                      "lighting": 1}
+    assert job.steps == p.steps and job.ortho == "qr"
+    assert job.to_dict()["factors"] == ["geometry", "lighting"]
     zero = {f"rank_{a}": 0 for a in p.factors}
     assert make_job(p, "print_attack", "reduced", zero, "t") is None
     lora = make_job(p, "print_attack", "lora", {"rank": 5}, "t")
-    assert lora["rank"] == 5 and lora["lr"] == p.lr["lora"] and lora["factors"] == []
+    assert lora.rank == 5 and lora.lr == p.lr["lora"] and lora.factors == ()
 
 
 def test_outcome_never_completes_a_stopped_trial() -> None:
@@ -215,19 +210,23 @@ def test_resume_settles_the_trials_a_killed_driver_left_running(tmp_path: Path) 
     study = open_optuna(tmp_path / "j", None, False, attrs, ["minimize"], None)
     jobs = {}
 
-    def job_of(trial: optuna.trial.BaseTrial) -> dict:
-        return {"trial_id": f"t{trial.number}", "lr": trial.suggest_float("lr", 1e-4, 1e-2)}
+    def job(number: int, lr: float) -> Job:
+        return Job(trial_id=f"t{number}", axis="search", task="print_attack", method="lora",
+                   seed=0, lr=lr, rank=4, ranks={}, steps=2)
+
+    def job_of(trial: optuna.trial.BaseTrial) -> Job:
+        return job(trial.number, trial.suggest_float("lr", 1e-4, 1e-2))
 
     for name in ("unrecorded", "recorded-ok", "recorded-stopped"):
         t = study.ask()
         jobs[name] = job_of(t)
-        t.set_user_attr("job", jobs[name])
+        t.set_user_attr("job", jobs[name].to_dict())
     study.ask().suggest_float("lr", 1e-4, 1e-2)  # killed before its job was stored
     study.ask()  # killed before its parameters were suggested: it never ran
     rows = {"t1": {"status": "ok", "main": 0.25, "trainable_params": 10},
             "t2": {"status": "stopped"}}
     again = open_optuna(tmp_path / "j", None, True, attrs, ["minimize"], None)
-    rebuilt = {"trial_id": "t3", "lr": again.trials[3].params["lr"]}
+    rebuilt = job(3, again.trials[3].params["lr"])
     assert settle_stale(again, rows, ("error",), job_of) == [jobs["unrecorded"], rebuilt]
     S = optuna.trial.TrialState
     assert [t.state for t in again.trials] == [S.FAIL, S.COMPLETE, S.PRUNED, S.FAIL, S.FAIL]
@@ -242,7 +241,9 @@ def test_the_searcher_tells_optuna_only_once_the_row_is_written(tmp_path: Path) 
     import optuna
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}")
-    searcher = make_searcher([Stream(study, lambda t: {"lr": t.suggest_float("lr", 0, 1)}, 1)])
+    searcher = make_searcher([Stream(study, lambda t: Job(
+        trial_id="t", axis="search", task="print_attack", method="lora", seed=0,
+        lr=t.suggest_float("lr", 0, 1), ranks={}, steps=5), 1)])
     assert searcher.suggest("tune-a") is not None
     searcher.on_trial_complete("tune-a", {"step": 5, "status": "ok", "main": 0.5,
                                          "trainable_params": 3})

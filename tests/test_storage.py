@@ -195,7 +195,7 @@ def test_real_captures_are_published_once_and_pulled_by_a_fresh_node(
     empty cache (and no apt, no .debs) gets them from there, checked against the packages'
     hashes, and a damaged copy is refused."""
     from attrsub.data.capture_sources import CACHE_NAME, MANIFEST, require_real_data
-    from sweeps.runtime import ensure_task_data
+    from sweeps.study import ensure_task_data
 
     where = f"file://{tmp_path / 'store' / CACHE_NAME}"
     ensure_task_data("real", None, where)  # this machine's captures (.ci/setup fetched them)

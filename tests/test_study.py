@@ -17,7 +17,8 @@ import yaml
 from attrsub.errors import ConfigError
 from results.schema import read_record, write_record
 from sweeps.config import PRESETS
-from sweeps.runtime import _dir_lock, claim, open_study, study_id, study_parser, study_paths
+from sweeps.session import _dir_lock
+from sweeps.study import claim, open_study, study_id, study_parser, study_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def test_an_existing_study_needs_resume_unless_the_entry_point_adds_to_it(tmp_pa
 def test_other_code_or_a_study_without_a_record_is_refused(tmp_path: Path, monkeypatch) -> None:
     storage = tmp_path / "studies"
     _create(storage, _presets(tmp_path))
-    monkeypatch.setattr("sweeps.runtime.code_digest", lambda: "0123456789abcdef")
+    monkeypatch.setattr("sweeps.study.code_digest", lambda: "0123456789abcdef")
     with pytest.raises(ConfigError, match=r"code: '[0-9a-f]{16}' -> '0123456789abcdef'"):
         _open(storage, _presets(tmp_path), "--resume")
     from results.schema import trials_schema, write_table
@@ -138,7 +139,8 @@ def test_study_identity_depends_on_where_the_study_lives(tmp_path: Path) -> None
 _LOCAL_RAY = textwrap.dedent("""
     import json, os, sys, psutil, ray
     from attrsub.errors import ConfigError
-    from sweeps.runtime import _cluster_lock, init_ray, open_study, study_parser
+    from sweeps.session import _cluster_lock, init_ray
+    from sweeps.study import open_study, study_parser
 
     init_ray(2)
     @ray.remote

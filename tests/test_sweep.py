@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from results.schema import OVERLAPS_SCHEMA, SPECTRA_SCHEMA, TRIAL_COLUMNS
-from sweeps.ablation import finetune_jobs
 from sweeps.config import PRESETS, load_preset
-from sweeps.mine import mining_jobs
+from sweeps.finetune import finetune_jobs
+from sweeps.job import mining_jobs
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from attrsub.errors import ConfigError
-from sweeps.ablation import finetune_jobs, longest_first, main
+from sweeps.ablation import main
 from sweeps.config import PRESETS, from_dict, load_preset
+from sweeps.finetune import finetune_jobs, longest_first
 
 
 @pytest.fixture(scope="module")
@@ -95,33 +96,33 @@ def test_subset_outside_study_factors_is_refused(raw: dict) -> None:
 
 def test_jobs_have_unique_ids_and_cover_axes() -> None:
     jobs = finetune_jobs(load_preset("quick"))
-    ids = [j["trial_id"] for j in jobs]
+    ids = [j.trial_id for j in jobs]
     assert len(ids) == len(set(ids))
-    assert {j["axis"] for j in jobs} == {"main", "ranks", "subsets", "ortho", "extraction"}
-    assert all(j["method"] == "reduced" for j in jobs if j["axis"] != "main")
+    assert {j.axis for j in jobs} == {"main", "ranks", "subsets", "ortho", "extraction"}
+    assert all(j.method == "reduced" for j in jobs if j.axis != "main")
 
 
 def test_ablation_variants_run_on_their_seeds_and_tasks_only() -> None:
     """The main comparison keeps every task and seed; the ablation axes only theirs."""
     p = load_preset("quick")
     jobs = finetune_jobs(p)
-    main_jobs = [j for j in jobs if j["axis"] == "main"]
-    assert {(j["task"], j["seed"]) for j in main_jobs} == set(itertools.product(p.tasks, p.seeds))
-    variants = [j for j in jobs if j["axis"] != "main"]
-    assert variants and {j["task"] for j in variants} == set(p.ablation_tasks)
-    assert {j["seed"] for j in variants} == set(p.ablation_seeds) < set(p.seeds)
+    main_jobs = [j for j in jobs if j.axis == "main"]
+    assert {(j.task, j.seed) for j in main_jobs} == set(itertools.product(p.tasks, p.seeds))
+    variants = [j for j in jobs if j.axis != "main"]
+    assert variants and {j.task for j in variants} == set(p.ablation_tasks)
+    assert {j.seed for j in variants} == set(p.ablation_seeds) < set(p.seeds)
 
 
 def test_stage_two_starts_longest_trials_first() -> None:
     jobs = finetune_jobs(load_preset("quick"))
     order = longest_first(jobs)
-    assert sorted(j["trial_id"] for j in order) == sorted(j["trial_id"] for j in jobs)
-    methods = [j["method"] for j in order]
+    assert sorted(j.trial_id for j in order) == sorted(j.trial_id for j in jobs)
+    methods = [j.method for j in order]
     n_full, n_none = methods.count("full"), methods.count("none")
     assert n_full and n_none
     assert set(methods[:n_full]) == {"full"} and set(methods[-n_none:]) == {"none"}
-    rest = [j["trial_id"] for j in jobs if j["method"] not in ("full", "none")]
-    assert [j["trial_id"] for j in order[n_full:-n_none]] == rest  # otherwise as given
+    rest = [j.trial_id for j in jobs if j.method not in ("full", "none")]
+    assert [j.trial_id for j in order[n_full:-n_none]] == rest  # otherwise as given
 
 
 def test_driver_rejects_bad_input_before_ray(tmp_path, capsys) -> None:
@@ -133,7 +134,7 @@ def test_driver_rejects_bad_input_before_ray(tmp_path, capsys) -> None:
 
 def test_existing_study_needs_resume(tmp_path, capsys) -> None:
     from results.schema import write_record
-    from sweeps.runtime import claim, open_study, study_parser
+    from sweeps.study import claim, open_study, study_parser
 
     st = open_study(study_parser("test", None).parse_args(["--preset", "smoke", "--storage",
                                                    str(tmp_path)]))

@@ -1,4 +1,5 @@
-"""What both stages share: where a study lives, how the driver joins Ray, the code version.
+"""A study: where it lives, the record and fingerprint that guard its resumption, the checks
+every entry point runs before Ray starts, and the code version its rows carry.
 
 Kept apart from the stages so ``sweeps/mine.py`` and ``sweeps/ablation.py`` stay thin.
 """
@@ -6,18 +7,11 @@ Kept apart from the stages so ``sweeps/mine.py`` and ``sweeps/ablation.py`` stay
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-import signal
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,10 +21,10 @@ import attrsub
 from attrsub import __version__, fetch, storage
 from attrsub.checks import check_render_fits, check_training_fits
 from attrsub.cli import COUNT, OneLineParser
-from attrsub.errors import AttrsubError, ConfigError, DataError, StorageError
+from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import check_creatable, ensure_writable_dir
 from attrsub.model.base import file_sha256, load_base, shipped_weights
-from results.schema import read_record, read_table, write_record
+from results.schema import read_record, read_table
 from sweeps.config import PRESETS, Preset, load_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -381,35 +375,6 @@ def check_weights(preset: Preset, weights: str | None) -> tuple[str | None, str]
     return None, file_sha256(shipped)
 
 
-# What ends a study with one line instead of a traceback: bad input found up front, or
-# storage that can no longer be written (the tables written so far stay intact).
-STUDY_ERRORS = (AttrsubError, OSError)
-
-
-def print_interrupted(prog: str, argv: list[str] | None) -> int:
-    """Say how to go on after Ctrl-C; returns the shell's status for SIGINT, 130.
-
-    Every finished trial's row was written when it ended (atomically), so the tables are
-    intact; the trials that were running are run again by ``--resume``.
-    """
-    for bar in list(_BARS):  # their last redraw would land below this message
-        bar.close()
-    args = list(sys.argv[1:] if argv is None else argv)
-    again = " ".join([f"python sweeps/{prog}.py", *args, *([] if "--resume" in args
-                                                          else ["--resume"])])
-    print(f"{prog}: interrupted; the finished trials are saved and the tables intact. "
-          f"Continue with: {again}", file=sys.stderr)
-    return 130
-
-
-def print_error(prog: str, exc: BaseException) -> int:
-    """Print a study-ending error for a person; returns the exit status 2."""
-    kind = "" if isinstance(exc, AttrsubError) else "I/O error: "
-    message = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    print(f"{prog}: error: {kind}{message}", file=sys.stderr)
-    return 2
-
-
 def code_version() -> str:
     """attrsub's version plus the git commit (and ``+dirty``) when run from a checkout."""
     try:
@@ -426,312 +391,3 @@ def code_version() -> str:
     return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
 
 
-# Ray resolves a local node's address to the machine's external IP, and its servers listen
-# there, unless it runs "local only" as on macOS and Windows; this is the switch for that.
-LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-DASHBOARD_ENV = "ATTRSUB_RAY_DASHBOARD"  # "0": a local study starts Ray without its dashboard
-
-
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster a job runs in, or start a local one that only this machine can reach.
-
-    A local cluster's servers listen on 127.0.0.1 only, and Ray's token authentication stays
-    as Ray sets it (on for clusters ``ray.init`` starts since Ray 2.59; the token is
-    ~/.ray/auth_token, made on first use, or ``RAY_AUTH_TOKEN``). Workers get the repo on
-    PYTHONPATH so trials import ``sweeps`` and ``results``.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
-        ray.init(address="auto", log_to_driver=False)
-        return
-    from ray._private import ray_constants
-
-    os.environ[LOCAL_ONLY_ENV] = "0"  # Ray's own processes, started below, read it
-    ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it when it imported ray
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    dashboard = os.environ.get(DASHBOARD_ENV, "1") != "0"
-    ctx = ray.init(
-        num_cpus=num_cpus or os.cpu_count() or 1,
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
-    )
-    url = getattr(ctx, "dashboard_url", None)
-    print(f"Ray dashboard: http://{url}" if url else
-          f"Ray dashboard: off ({DASHBOARD_ENV}=0 or it did not start)", flush=True)
-
-
-@contextlib.contextmanager
-def session(st: Study, num_cpus: int | None = None, *, actor: bool = True) -> Iterator[Any]:
-    """The one live driver of a study: its locks, Ray, and (``actor``) the study's subspace
-    actor, which it yields (else None) and removes on the way out (its state is on disk).
-
-    A second driver of the same study is refused, on this machine by a lock file in the
-    study folder and on a cluster by a lock actor named by the study's identity, which dies
-    with its driver.
-    """
-    import ray
-
-    from sweeps import actor as subspace_actor
-
-    make_dirs(st.paths)
-    # Ctrl-C is ours (``_on_sigint``), not Tune's, whose handler ends the run suggesting
-    # Tuner.restore; the entry point turns it into one line saying --resume
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    with _dir_lock(st.paths.local, st.name), _ctrl_c():
-        write_record(st.record, claim(st))  # again: another driver may have been first
-        init_ray(num_cpus)
-        lock = _cluster_lock(st)
-        handle = None
-        try:
-            if actor:
-                p = st.preset
-                handle = subspace_actor.get_or_create(
-                    st.id, st.paths.local, list(p.factors), p.groups * len(p.adapter_seeds),
-                    p.extraction, published=st.paths.tables if st.paths.remote else None,
-                )
-            yield handle
-        finally:
-            for h in (handle, lock):
-                if h is not None:
-                    with contextlib.suppress(Exception):
-                        ray.kill(h)
-
-
-# Set by Ctrl-C; while Tune runs (``_IN_TUNE``) the stage's stopper ends its trials and
-# ``fit`` raises KeyboardInterrupt once Tune has returned, so no exception has to travel
-# through Ray's and Tune's internals (which may swallow it and finish the stage).
-_INTERRUPT = threading.Event()
-_IN_TUNE = threading.Event()
-
-
-def interrupted() -> bool:
-    """Whether Ctrl-C stopped this driver (a module function, so Tune's pickled callbacks
-    refer to it instead of copying the event)."""
-    return _INTERRUPT.is_set()
-
-
-def _on_sigint(signum: int, frame: Any) -> None:
-    _INTERRUPT.set()
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
-    if not _IN_TUNE.is_set():
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _ctrl_c() -> Iterator[None]:
-    """Ctrl-C handling for one driver session (main thread only, as Python requires)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _INTERRUPT.clear()
-    previous = signal.signal(signal.SIGINT, _on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _dir_lock(folder: Path, name: str) -> Iterator[None]:
-    """An exclusive lock on the study folder itself (no lock file to leave behind)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"study {name!r} is already being run by another driver on this machine; "
-                f"wait for it to end, or choose another --study"
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _cluster_lock(st: Study, wait_s: float = 15.0) -> Any:
-    """A named actor owned by this driver; Ray frees its name when the driver dies. A
-    driver killed a moment ago may still hold it, so a taken name is retried for a while."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class StudyDriver:
-        def pid(self) -> int:
-            return os.getpid()
-
-    name = f"attrsub-driver-{st.id}"
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return StudyDriver.options(name=name, namespace="attrsub").remote()
-        except ValueError:
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"study {st.name!r} is already being run by another driver on this "
-                    f"cluster (lock actor {name!r}); wait for it to end, or choose another "
-                    f"--study"
-                ) from None
-            time.sleep(1.0)
-
-
-_BARS: set[Any] = set()  # the progress bars drawing now
-
-
-def progress(total: int, desc: str) -> Any:
-    """A Tune callback drawing one tqdm bar over a stage's trials (Tune's own table is off)."""
-    from ray import tune
-    from tqdm import tqdm
-
-    class _Progress(tune.Callback):
-        def __init__(self) -> None:
-            self.bar = tqdm(total=total, desc=desc, unit="trial", dynamic_ncols=True)
-            _BARS.add(self.bar)
-            self.failed = 0
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.bar.update(1)
-            self._say(trial, "ok")
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.failed += 1
-            self.bar.set_postfix(failed=self.failed)
-            self.bar.update(1)
-            self._say(trial, "failed")
-
-        def _say(self, trial: Any, status: str) -> None:
-            """One line per finished trial, readable in ``ray job logs --follow`` too."""
-            self.bar.write(status_line(desc, self.bar.n, total, trial.config.get("job", {}),
-                                       trial.last_result or {}, status))
-
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            self.bar.close()
-            _BARS.discard(self.bar)
-
-    return _Progress()
-
-
-def status_line(stage: str, done: int, total: int, job: dict[str, Any],
-                result: dict[str, Any], status: str) -> str:
-    """``mining 3/8 ok factor=texture group=1 seed=0 loss=0.412 12.3 s``: one finished trial."""
-    what = " ".join(f"{k}={v}" for k, v in job.items()
-                    if k in ("factor", "group", "seed", "task", "method", "factors", "rank",
-                             "ortho", "extraction", "lr"))
-    stats = []
-    for keys, fmt in ((("final_loss", "loss"), "loss={:.4g}"),
-                      (("trial_wall_s", "train_wall_s"), "{:.1f} s")):
-        value = next((result[k] for k in keys if isinstance(result.get(k), int | float)), None)
-        if value is not None:
-            stats.append(fmt.format(value))
-    return " ".join(p for p in (f"{stage} {done}/{total} {status}", what, *stats) if p)
-
-
-def recorder(table: str, row: Any, written: Callable[[str], None] | None = None) -> Any:
-    """A Tune callback writing each trial's row the moment it ends, so nothing is lost.
-
-    ``row(job, last_result, error)`` builds the row; it is upserted into the trials table
-    at ``table`` by ``trial_id``, so an interrupted study resumes after its last finished
-    trial and the row the driver writes at the end replaces this one. When the storage
-    cannot be written (full disk, lost permission) the callback keeps the error instead of
-    raising it inside Tune; ``run_config``'s stopper then ends the experiment and
-    ``check()`` raises it in the driver, so the study stops with one clear message.
-    ``written(trial_id)`` runs once a row is safely in the table.
-    """
-    from ray import tune
-
-    from results.schema import trials_schema, upsert_table
-
-    class _Recorder(tune.Callback):
-        def __init__(self) -> None:
-            self.failure: StorageError | None = None
-
-        def _write(self, trial: Any, error: BaseException | None) -> None:
-            if self.failure is not None:
-                return
-            r = row(trial.config["job"], trial.last_result, error)
-            if interrupted() and r.get("status") != "ok":
-                return  # stopped by Ctrl-C: no row, so --resume runs it again
-            try:
-                upsert_table([r], table, trials_schema)
-            except StorageError as exc:
-                self.failure = exc
-                return
-            if written is not None:
-                written(trial.trial_id)
-
-        def check(self) -> None:
-            if self.failure is not None:
-                raise self.failure
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._write(trial, None)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._write(trial, trial.get_error() or RuntimeError("trial errored"))
-
-    return _Recorder()
-
-
-def run_config(experiment: str, paths: StudyPaths, total: int, desc: str,
-               rec: Any) -> Any:
-    """The RunConfig every stage shares: its storage, a progress bar, ``rec`` (a
-    ``recorder``) writing rows as trials end, a stop once storage fails, one retry for a
-    trial whose worker died (from its last checkpoint)."""
-    from ray import tune
-
-    class _StopOnStorageFailure(tune.Stopper):
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            return False
-
-        def stop_all(self) -> bool:
-            return rec.failure is not None or interrupted()
-
-    return tune.RunConfig(
-        name=experiment, storage_path=paths.storage,
-        callbacks=[progress(total, desc), rec], stop=_StopOnStorageFailure(),
-        verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-    )
-
-
-def run_grid(
-    trainable: Any, jobs: list[dict[str, Any]], *, resources: dict[str, float],
-    params: dict[str, Any], study: str, paths: StudyPaths, experiment: str, desc: str,
-    row: Any,
-) -> list[dict[str, Any]]:
-    """Each job one Tune trial of ``trainable``; returns every job's row, failed ones included."""
-    from ray import tune
-
-    rec = recorder(paths.table("trials"), row)
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        param_space={"job": tune.grid_search(jobs), "params": params,
-                     "study_id": study_id(study, paths), "real_data": paths.real_data,
-                     "cache": str(paths.cache), "cpu": resources["cpu"]},
-        tune_config=tune.TuneConfig(reuse_actors=True),
-        run_config=run_config(experiment, paths, len(jobs), desc, rec),
-    )
-    return [row(r.config["job"], r.metrics, r.error) for r in fit(tuner, rec)]
-
-
-def fit(tuner: Any, rec: Any) -> Any:
-    """``tuner.fit()``, raising KeyboardInterrupt after a Ctrl-C stopped it (``_on_sigint``),
-    and the recorder's StorageError once storage has failed: Tune may
-    then trip over files it could not write itself (an empty error.pkl raises EOFError while
-    it builds the results), which would hide the cause."""
-    _IN_TUNE.set()
-    try:
-        results = tuner.fit()
-    except Exception:
-        rec.check()
-        raise
-    finally:
-        _IN_TUNE.clear()
-    if _INTERRUPT.is_set():
-        raise KeyboardInterrupt
-    rec.check()
-    return results

@@ -1,0 +1,102 @@
+"""Stage 2, the fine-tuning grid: every method x task x seed, plus the reduced method's
+ablation axes, each one attrsub.methods.finetune call in its own Tune trial."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sweeps.config import Preset
+from sweeps.job import Job
+from sweeps.rows import trial_row
+from sweeps.study import StudyPaths
+from sweeps.trainables import finetune_trial
+from sweeps.tune_run import run_grid
+
+
+def finetune_jobs(preset: Preset) -> list[Job]:
+    """Every stage-2 trial: the main grid, then one axis at a time around the reduced default."""
+    main_ext, all_f = preset.extraction.method, tuple(preset.factors)
+    jobs = []
+    for task in preset.tasks:
+        for seed in preset.seeds:
+            for method in preset.methods:
+                jobs.append(_job("main", task, method, seed, preset, all_f, preset.rank, "qr",
+                                 main_ext))
+            if ("reduced" not in preset.methods or seed not in preset.ablation_seeds
+                    or task not in preset.ablation_tasks):
+                continue
+            variants = (
+                [("ranks", all_f, r, "qr", main_ext) for r in preset.ablation_ranks
+                 if r != preset.rank]
+                + [("subsets", tuple(s), preset.rank, "qr", main_ext)
+                   for s in preset.ablation_subsets if tuple(s) != all_f]
+                + [("ortho", all_f, preset.rank, o, main_ext) for o in preset.ablation_ortho
+                   if o != "qr"]
+                + [("extraction", all_f, preset.rank, "qr", e)
+                   for e in preset.ablation_extraction if e != main_ext]
+            )
+            for axis, factors, rank, ortho, extraction in variants:
+                jobs.append(_job(axis, task, "reduced", seed, preset, factors, rank, ortho,
+                                 extraction))
+    return jobs
+
+
+def _job(axis: str, task: str, method: str, seed: int, preset: Preset,
+         factors: tuple[str, ...], rank: int | None, ortho: str | None,
+         extraction: str | None) -> Job:
+    """One stage-2 job: the reduced method's as given; another method trains no basis, and
+    psv and random get the reduced default's budget (D x D)."""
+    if method != "reduced":
+        factors, ortho, extraction = (), None, None
+        if method in ("none", "full"):
+            rank = None
+        elif method in ("psv", "random"):
+            rank = preset.rank * len(preset.factors)
+    parts = [axis, task, method, "+".join(factors) or "-", f"r{rank}", ortho or "-",
+             extraction or "-", f"s{seed}"]
+    return Job(trial_id="ft-" + "-".join(str(p) for p in parts), axis=axis, task=task,
+               method=method, seed=seed, lr=preset.lr.get(method),  # None for zero-shot
+               factors=factors, rank=rank, ortho=ortho, extraction=extraction)
+
+
+def with_lrs(jobs: list[Job], tuned: dict[tuple[str, str], float]) -> list[Job]:
+    """``jobs`` at the tuned rate of their (task, method), where it was tuned."""
+    return [replace(j, lr=tuned.get((j.task, j.method), j.lr)) for j in jobs]
+
+
+# A trial's wall time relative to a trained one's (quick preset: full 5.9 s, the low-rank
+# methods 4.3-5.0 s, zero-shot 1 s); only the order matters.
+_EXPECTED_COST = {"full": 1.3, "none": 0.2}
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """``jobs`` in the order Tune should start them: full fine-tuning first, zero-shot
+    evaluations last, the rest as given. The run then ends on short trials, so no worker
+    idles long while another finishes (bench/sweep.py: 0.27 -> 0.23 s overhead per trial)."""
+    return sorted(jobs, key=lambda j: -_EXPECTED_COST.get(j.method, 1.0))
+
+
+def finetune_params(preset: Preset, weights: str | None) -> dict[str, Any]:
+    """The preset's values every fine-tuning trial shares (``config["params"]``)."""
+    return {"model": preset.model, "weights": weights, "random_init": preset.random_init,
+            "steps": preset.steps, "report_every": preset.report_every,
+            "rank": preset.rank, "batch_size": preset.batch_size,
+            "views": preset.views, "size": preset.size, **preset.scenes}
+
+
+def run_finetune(
+    preset: Preset, study: str, paths: StudyPaths, version: str, jobs: list[Job],
+    weights: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run stage 2's ``jobs`` (longest first); returns one trials-table row per job (failed
+    ones included)."""
+    if not jobs:
+        return []
+    return run_grid(
+        finetune_trial, [j.to_dict() for j in longest_first(jobs)],
+        resources=preset.resources["finetune"], params=finetune_params(preset, weights),
+        study=study, paths=paths, experiment=f"{study}-ablation", desc="ablation",
+        row=lambda job, m, err: trial_row(preset, study, version, "finetune",
+                                          Job.from_dict(job), m, err),
+    )
