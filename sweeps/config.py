@@ -18,7 +18,7 @@ import yaml
 
 from attrsub.adapters.lora import LoraSpec, target_modules
 from attrsub.errors import ConfigError
-from attrsub.methods import METHODS
+from attrsub.methods import METHODS, REGISTRY
 from attrsub.model import CONFIGS, build
 from attrsub.scenes.attributes import FACTORS
 from attrsub.size import check_size
@@ -201,9 +201,9 @@ def _lrs(v: Any, methods: tuple[str, ...], what: str) -> dict[str, float]:
     rest): low-rank methods need far larger rates than full fine-tuning to move at all."""
     if not isinstance(v, dict):
         rate = _pos_float(v, what)
-        return {m: rate for m in methods if m != "none"}
+        return {m: rate for m in methods if REGISTRY[m].trains}
     _no_unknown(v, {*METHODS, "default"}, what)
-    trained = [m for m in methods if m != "none"]  # zero-shot has no rate
+    trained = [m for m in methods if REGISTRY[m].trains]  # zero-shot has no rate
     missing = [m for m in trained if m not in v and "default" not in v]
     if missing:
         raise ConfigError(f"{what} has no rate for method(s) {missing} and no 'default'")
@@ -399,9 +399,9 @@ def search_names(preset: Preset, method: str) -> set[str]:
     attribute, so the subset is searched too), ortho and extraction for reduced; rank for
     the methods that have one; lr and steps for all."""
     names = {"lr", "steps"}
-    if method == "reduced":
+    if REGISTRY[method].needs_bank:
         return names | {"ortho", "extraction"} | {f"rank_{f}" for f in preset.factors}
-    if method in ("lora", "pissa", "psv", "random"):
+    if REGISTRY[method].takes_rank:
         names.add("rank")
     return names
 
@@ -442,8 +442,8 @@ def _search(raw: Any, preset: Preset, where: str) -> SearchConfig:
 
 
 def _method_space(preset: Preset, method: Any, raw: Any, where: str) -> tuple[SearchParam, ...]:
-    if method not in METHODS or method == "none":
-        valid = ", ".join(m for m in METHODS if m != "none")
+    if method not in REGISTRY or not REGISTRY[method].trains:
+        valid = ", ".join(REGISTRY.where(trains=True))
         raise ConfigError(f"{where}: cannot search method {method!r}; valid: {valid}")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: the search space of method {method!r} is empty")
@@ -454,7 +454,7 @@ def _method_space(preset: Preset, method: Any, raw: Any, where: str) -> tuple[Se
                           f"{method!r}; valid: {sorted(valid)}")
     params = tuple(_param(preset, name, v, f"{where}.{name}") for name, v in raw.items())
     ranks = {p.name: p for p in params if p.name.startswith("rank_")}
-    if method == "reduced" and len(ranks) == len(preset.factors) and all(
+    if REGISTRY[method].needs_bank and len(ranks) == len(preset.factors) and all(
             p.high == 0 for p in ranks.values()):
         raise ConfigError(f"{where}: every rank_<attribute> is 0, so no attribute is left")
     return params

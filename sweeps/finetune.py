@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from attrsub.methods import PAPER_METHOD, REGISTRY
 from sweeps.config import Preset
 from sweeps.job import Job
 from sweeps.rows import trial_row
@@ -23,7 +24,7 @@ def finetune_jobs(preset: Preset) -> list[Job]:
             for method in preset.methods:
                 jobs.append(_job("main", task, method, seed, preset, all_f, preset.rank, "qr",
                                  main_ext))
-            if ("reduced" not in preset.methods or seed not in preset.ablation_seeds
+            if (PAPER_METHOD not in preset.methods or seed not in preset.ablation_seeds
                     or task not in preset.ablation_tasks):
                 continue
             variants = (
@@ -37,7 +38,7 @@ def finetune_jobs(preset: Preset) -> list[Job]:
                    for e in preset.ablation_extraction if e != main_ext]
             )
             for axis, factors, rank, ortho, extraction in variants:
-                jobs.append(_job(axis, task, "reduced", seed, preset, factors, rank, ortho,
+                jobs.append(_job(axis, task, PAPER_METHOD, seed, preset, factors, rank, ortho,
                                  extraction))
     return jobs
 
@@ -47,11 +48,12 @@ def _job(axis: str, task: str, method: str, seed: int, preset: Preset,
          extraction: str | None) -> Job:
     """One stage-2 job: the reduced method's as given; another method trains no basis, and
     psv and random get the reduced default's budget (D x D)."""
-    if method != "reduced":
+    m = REGISTRY[method]
+    if not m.needs_bank:
         factors, ortho, extraction = (), None, None
-        if method in ("none", "full"):
+        if not m.takes_rank:
             rank = None
-        elif method in ("psv", "random"):
+        elif m.basis_family:
             rank = preset.rank * len(preset.factors)
     parts = [axis, task, method, "+".join(factors) or "-", f"r{rank}", ortho or "-",
              extraction or "-", f"s{seed}"]
@@ -65,16 +67,11 @@ def with_lrs(jobs: list[Job], tuned: dict[tuple[str, str], float]) -> list[Job]:
     return [replace(j, lr=tuned.get((j.task, j.method), j.lr)) for j in jobs]
 
 
-# A trial's wall time relative to a trained one's (quick preset: full 5.9 s, the low-rank
-# methods 4.3-5.0 s, zero-shot 1 s); only the order matters.
-_EXPECTED_COST = {"full": 1.3, "none": 0.2}
-
-
 def longest_first(jobs: list[Job]) -> list[Job]:
     """``jobs`` in the order Tune should start them: full fine-tuning first, zero-shot
     evaluations last, the rest as given. The run then ends on short trials, so no worker
     idles long while another finishes (bench/sweep.py: 0.27 -> 0.23 s overhead per trial)."""
-    return sorted(jobs, key=lambda j: -_EXPECTED_COST.get(j.method, 1.0))
+    return sorted(jobs, key=lambda j: -REGISTRY[j.method].relative_cost)
 
 
 def finetune_params(preset: Preset, weights: str | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from attrsub.errors import ConfigError
+from attrsub.methods import REGISTRY
 from results.schema import read_table
 from sweeps.config import Preset
 from sweeps.finetune import finetune_jobs
@@ -53,7 +54,7 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
     streams, studies, stale = [], {}, []
     for task in preset.tasks:
         for method in preset.methods:
-            if method == "none":
+            if not REGISTRY[method].trains:
                 continue
             lr = preset.lr[method]
             sampler = (_grid_sampler({"lr": cfg.rates(lr)}, cfg.seed) if cfg.sampler == "grid"

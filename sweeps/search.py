@@ -45,6 +45,7 @@ from typing import Any
 
 from attrsub.cli import COUNT
 from attrsub.errors import ConfigError
+from attrsub.methods import REGISTRY
 from attrsub.tasks import get_task
 from results.schema import PARETO_SCHEMA, read_table, write_table
 from sweeps.config import Preset, SearchConfig, SearchParam, check_sampler, load_preset
@@ -68,7 +69,6 @@ from sweeps.session import STUDY_ERRORS, print_error, print_interrupted, session
 from sweeps.study import Study, StudyPaths, ensure_task_data, open_study, study_parser
 
 OBJECTIVES = {"error": ("error",), "error,params": ("error", "params")}
-_WITH_RANK = ("lora", "pissa", "psv", "random")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def make_job(preset: Preset, task: str, method: str, values: Mapping[str, Any],
         "seed": preset.seeds[0], "lr": float(values.get("lr", preset.lr.get(method, 0.0))),
         "steps": int(values.get("steps", preset.steps)),
     }
-    if method == "reduced":
+    if REGISTRY[method].needs_bank:
         ranks = {f: int(values.get(f"rank_{f}", preset.rank)) for f in preset.factors}
         ranks = {f: r for f, r in ranks.items() if r > 0}
         if not ranks:
@@ -107,7 +107,7 @@ def make_job(preset: Preset, task: str, method: str, values: Mapping[str, Any],
         return Job(**common, factors=tuple(ranks), ranks=ranks, rank=None,
                    ortho=values.get("ortho", "qr"),
                    extraction=values.get("extraction", preset.extraction.method))
-    rank = int(values.get("rank", preset.rank)) if method in _WITH_RANK else None
+    rank = int(values.get("rank", preset.rank)) if REGISTRY[method].takes_rank else None
     return Job(**common, factors=(), ranks={}, rank=rank, ortho=None, extraction=None)
 
 
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume:  # the search to continue exists, or stop before anything is written
         pull_journal(paths)
         find_optuna(paths.local / JOURNAL, args.optuna_study, attrs)
-    with session(st, args.num_cpus, actor=args.method == "reduced") as handle:
+    with session(st, args.num_cpus, actor=args.method in REGISTRY and REGISTRY[args.method].needs_bank) as handle:
         pull_journal(paths)
         study = open_optuna(paths.local / JOURNAL, args.optuna_study, args.resume, attrs,
                             directions(args.task, objectives), sampler)

@@ -22,8 +22,9 @@ from attrsub import __version__, fetch, storage
 from attrsub.checks import check_render_fits, check_training_fits
 from attrsub.cli import COUNT, OneLineParser
 from attrsub.errors import ConfigError, DataError
+from attrsub.fetch import file_sha256
 from attrsub.fsio import check_creatable, ensure_writable_dir
-from attrsub.model.base import file_sha256, load_base, shipped_weights
+from attrsub.model.base import load_base, shipped_weights
 from results.schema import read_record, read_table
 from sweeps.config import PRESETS, Preset, load_preset
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from attrsub.errors import AttrsubError, DivergenceError
+from attrsub.methods import REGISTRY
 from attrsub.train.loop import StepInfo
 from results.schema import metric_column
 from sweeps.job import Job, mining_trial_id
@@ -124,7 +125,7 @@ def finetune_trial(config: dict[str, Any]) -> None:
 
     try:
         basis = None
-        if j.method == "reduced":
+        if REGISTRY[j.method].needs_bank:
             basis = subspace_actor.fetch_bases(
                 config["study_id"], list(j.factors), j.ranks or j.rank, j.ortho, j.extraction,
             )
@@ -154,7 +155,7 @@ def finetune_trial(config: dict[str, Any]) -> None:
         final_loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
         main=float(row["main"]), base_hash=row["base_hash"], resumed_step=row["resumed_step"],
         total_rank=basis.total_rank if basis is not None
-        else j.rank if j.method in ("psv", "random") else None,
+        else j.rank if REGISTRY[j.method].basis_family else None,
         trial_wall_s=time.perf_counter() - t0,
         loss=row["final_loss"] if row["final_loss"] is not None else math.nan,
     )
