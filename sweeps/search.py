@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume:  # the search to continue exists, or stop before anything is written
         pull_journal(paths)
         find_optuna(paths.local / JOURNAL, args.optuna_study, attrs)
-    with session(st, args.num_cpus, actor=args.method in REGISTRY and REGISTRY[args.method].needs_bank) as handle:
+    needs_bank = args.method in REGISTRY and REGISTRY[args.method].needs_bank
+    with session(st, args.num_cpus, actor=needs_bank) as handle:
         pull_journal(paths)
         study = open_optuna(paths.local / JOURNAL, args.optuna_study, args.resume, attrs,
                             directions(args.task, objectives), sampler)
