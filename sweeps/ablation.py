@@ -35,7 +35,7 @@ from results.schema import (
 from sweeps.finetune import finetune_jobs, run_finetune, with_lrs
 from sweeps.lr_tuning import tune_lrs
 from sweeps.mining import mine_bank
-from sweeps.session import STUDY_ERRORS, print_error, print_interrupted, session
+from sweeps.session import drive, session
 from sweeps.study import ensure_task_data, open_study, publish_report, study_parser
 
 
@@ -152,12 +152,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = study_parser("ablation", __doc__).parse_args(argv)
-    try:
-        out = run(args)
-    except STUDY_ERRORS as exc:
-        return print_error("ablation", exc)
-    except KeyboardInterrupt:
-        return print_interrupted("ablation", argv)
+    return drive("ablation", lambda: _report(run(args)), argv)
+
+
+def _report(out: dict[str, Any]) -> int:
+    """What a finished study prints: the summary, the actor's counters, where things are."""
     print(summary(out["rows"]))
     print(f"\nstudy {out['study']}: {len(out['rows'])} trials in {out['wall_s']:.1f} s")
     print(f"subspace actor: {json.dumps(out['actor'], sort_keys=True)}")

@@ -18,18 +18,13 @@ import argparse
 import sys
 
 from sweeps.mining import mine_bank
-from sweeps.session import STUDY_ERRORS, print_error, print_interrupted, session
+from sweeps.session import drive, session
 from sweeps.study import open_study, study_parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = study_parser("mine", __doc__).parse_args(argv)
-    try:
-        return _mine(args)
-    except STUDY_ERRORS as exc:
-        return print_error("mine", exc)
-    except KeyboardInterrupt:
-        return print_interrupted("mine", argv)
+    return drive("mine", lambda: _mine(args), argv)
 
 
 def _mine(args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ from sweeps.searcher import (
     run_streams,
     settle_stale,
 )
-from sweeps.session import STUDY_ERRORS, print_error, print_interrupted, session
+from sweeps.session import drive, session
 from sweeps.study import Study, StudyPaths, ensure_task_data, open_study, study_parser
 
 OBJECTIVES = {"error": ("error",), "error,params": ("error", "params")}
@@ -311,14 +311,12 @@ def summary(out: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        out = run(args)
-    except STUDY_ERRORS as exc:
-        return print_error("search", exc)
-    except KeyboardInterrupt:
-        return print_interrupted("search", argv)
-    print(summary(out))
-    return 0
+
+    def body() -> int:
+        print(summary(run(args)))
+        return 0
+
+    return drive("search", body, argv)
 
 
 if __name__ == "__main__":

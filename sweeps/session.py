@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,17 @@ def print_interrupted(prog: str, argv: list[str] | None) -> int:
     print(f"{prog}: interrupted; the finished trials are saved and the tables intact. "
           f"Continue with: {again}", file=sys.stderr)
     return 130
+
+
+def drive(prog: str, body: Callable[[], int], argv: list[str] | None) -> int:
+    """Run a driver's ``body``; a study-ending error or Ctrl-C becomes its one line and the
+    exit status (2, 130), the same for every driver."""
+    try:
+        return body()
+    except STUDY_ERRORS as exc:
+        return print_error(prog, exc)
+    except KeyboardInterrupt:
+        return print_interrupted(prog, argv)
 
 
 def print_error(prog: str, exc: BaseException) -> int:
