@@ -135,3 +135,13 @@ def test_each_stage_imports_alone(stage: str) -> None:
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"attrsub.{stage} imported Ray: {out.stdout}"
+
+
+def test_package_data_names_files_that_exist() -> None:
+    """Every package-data glob in pyproject.toml matches a file, so a wheel ships them all."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    data = config["tool"]["setuptools"]["package-data"]
+    empty = [f"{pkg}/{glob}" for pkg, globs in data.items() for glob in globs
+             if not list((ROOT / pkg.replace(".", "/")).glob(glob))]
+    assert not empty, f"package data that matches nothing: {empty}"
