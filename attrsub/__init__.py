@@ -1,4 +1,4 @@
-"""attrsub: mine attribute LoRA subspaces of a VGGT-style 3D foundation model.
+"""attrsub: mine per-factor LoRA subspaces (the paper's attribute subspaces) of a VGGT model.
 
 The sub-packages are the pipeline's stages, in dependency order (``STAGES``): each imports
 only the foundation modules (``FOUNDATIONS``) and the stages before it, never one after it,

@@ -199,8 +199,8 @@ def _extract_rank(text: str) -> int | str:
 
 
 def _factor_list(text: str) -> tuple[str, ...]:
-    """``--factors``: comma-separated attribute names."""
-    from attrsub.scenes.attributes import FACTORS
+    """``--factors``: comma-separated factor names."""
+    from attrsub.scenes.factors import FACTORS
 
     names = tuple(f.strip() for f in text.split(",") if f.strip())
     for name in names:
@@ -246,10 +246,10 @@ def cmd_bank_info(args: argparse.Namespace) -> int:
         )
     claim = info["claim1"]
     if claim is None:
-        print("  claim 1 (attribute subspaces exist): no evidence stored (bank built without "
+        print("  claim 1 (factor subspaces exist): no evidence stored (bank built without "
               "its adapters' evidence)")
     else:
-        print(f"  claim 1 (attribute subspaces exist): {claim['verdict']}")
+        print(f"  claim 1 (factor subspaces exist): {claim['verdict']}")
         for side in ("col", "row"):
             c = claim[side]
             line = f"    {side} space ({c['status']}): "
@@ -258,12 +258,12 @@ def cmd_bank_info(args: argparse.Namespace) -> int:
                          f"{c['overlap_cross']:.3f} (random {c['overlap_random']:.3f}, "
                          f"permutation p {c['p_value']:.4f}); ")
             if c["heldout_own"] is not None:
-                line += (f"held-out energy own {c['heldout_own']:.3f} vs other attributes "
+                line += (f"held-out energy own {c['heldout_own']:.3f} vs other factors "
                          f"{c['heldout_other']:.3f} (random {c['heldout_random']:.3f})")
             if c["init_overlap"] is not None:
                 line += f"; overlap with its own init {c['init_overlap']:.3f}"
             print(line)
-    print("  claim 2 (disentangled): per attribute pair, mean over layers, random in brackets")
+    print("  claim 2 (disentangled): per factor pair, mean over layers, random in brackets")
     for pair, d in info["pairs"].items():
         print(
             f"  {pair:>21s}: smallest principal angle {d['col_angle_min']:.1f} deg "
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     from attrsub.eval.align import DEPTH_ALIGN_MODES
     from attrsub.methods import METHODS, FinetuneSpec
     from attrsub.model import CONFIGS
-    from attrsub.scenes.attributes import CANONICAL, FACTORS
+    from attrsub.scenes.factors import CANONICAL, FACTORS
     from attrsub.subspace.extract import METHODS as EXTRACT
     from attrsub.subspace.integrate import METHODS as ORTHO
 

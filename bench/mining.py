@@ -1,10 +1,10 @@
-"""Mining regimes against claim 1: do adapters of one attribute share a subspace?
+"""Mining regimes against claim 1: do adapters of one factor share a subspace?
 
-For each regime (mining steps, learning rate, adapters per attribute, dataset size, LoRA
-init scale) this mines every attribute's adapters with ``attrsub.subspace.mine.mine_adapter`` on the
+For each regime (mining steps, learning rate, adapters per factor, dataset size, LoRA
+init scale) this mines every factor's adapters with ``attrsub.subspace.mine.mine_adapter`` on the
 shipped base (or ``--weights``), then measures them with ``attrsub.subspace.evidence``: adapter
-overlap within versus across attributes on the column and row sides with a permutation p,
-held-out energy (own attribute's leave-one-out subspace versus the other attributes'),
+overlap within versus across factors on the column and row sides with a permutation p,
+held-out energy (own factor's leave-one-out subspace versus the other factors'),
 overlap with each adapter's own init, and how far training moved the adapters. Every
 measure is printed beside its null measured in the same run (random subspaces of the same
 size; label permutations), and the ``shared-init`` regime (one init for every adapter, the
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 FACTORS = ("texture", "geometry", "camera", "lighting")
-# mine_adapter keyword arguments per regime, plus "groups" (adapters per attribute) and
+# mine_adapter keyword arguments per regime, plus "groups" (adapters per factor) and
 # "shared_init" (one init for every adapter); "quick" is read from sweeps/presets.yaml.
 BASE = {"scenes": 8, "views": 4, "size": 56, "rank": 8, "batch_size": 2, "groups": 3}
 REGIMES: dict[str, dict[str, Any]] = {
@@ -116,7 +116,7 @@ def zero_shot(weights: str | None, cache: str, scenes: int = 32) -> None:
     from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
     from attrsub.eval.evaluate import evaluate
     from attrsub.model.base import load_base
-    from attrsub.scenes.attributes import CANONICAL
+    from attrsub.scenes.factors import CANONICAL
 
     torch.set_num_threads(2)
     model = load_base("vggt-tiny", weights).model
@@ -180,9 +180,9 @@ def main() -> None:
         results.append(r)
         (root / name / "evidence.json").write_text(json.dumps(r, indent=2) + "\n")
         print(_fmt(r), flush=True)
-    print("\nwithin/cross: mean pair overlap ||P^T Q||^2/k of adapters of one attribute / of "
-          "different attributes; held-out: energy of a left-out adapter captured by its own "
-          "attribute's subspace / by the others'; rand: random subspaces of the same size")
+    print("\nwithin/cross: mean pair overlap ||P^T Q||^2/k of adapters of one factor / of "
+          "different factors; held-out: energy of a left-out adapter captured by its own "
+          "factor's subspace / by the others'; rand: random subspaces of the same size")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 It runs what a study's trials run, in one process and in order, at the sizes of a preset
 (``sweeps/presets.yaml``; ``paper-mini`` is the cluster smoke test of the same path): every
-attribute's adapters (``mine_adapter``), the bank (``build_bank``, the preset's extraction),
+factor's adapters (``mine_adapter``), the bank (``build_bank``, the preset's extraction),
 then ``finetune`` of the reduced adapter and of LoRA (each trains, then evaluates) on the
 preset's first task and seed. It prints each stage's wall time and, on CUDA, its peak memory,
 then one JSON line with all of it. Random-init bases (the preset's ``random_init``) need no

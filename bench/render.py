@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from attrsub.scenes import render as R
-from attrsub.scenes.attributes import FactorSpec, sample_scenes
+from attrsub.scenes.factors import FactorSpec, sample_scenes
 from attrsub.scenes.spec import SceneSpec
 
 SIZES = (56, 112, 224)

@@ -2,10 +2,12 @@
 
 from results.schema import (
     EVIDENCE_SCHEMA,
+    LEGACY_COLUMNS,
     OVERLAPS_SCHEMA,
     SPECTRA_SCHEMA,
     STATUSES,
     metric_column,
+    read_frame,
     read_table,
     spectra_rows,
     study_rows,
@@ -16,10 +18,12 @@ from results.schema import (
 
 __all__ = [
     "EVIDENCE_SCHEMA",
+    "LEGACY_COLUMNS",
     "OVERLAPS_SCHEMA",
     "SPECTRA_SCHEMA",
     "STATUSES",
     "metric_column",
+    "read_frame",
     "read_table",
     "spectra_rows",
     "study_rows",

@@ -26,6 +26,7 @@ import pandas as pd
 
 from attrsub.errors import DataError
 from attrsub.methods import PAPER_METHOD, REGISTRY
+from results.schema import read_frame
 
 NOT_MEASURED = "not measured"
 REAL_TASK = "real"
@@ -46,9 +47,9 @@ PAIR_NEEDED = ("stage", "axis", "task", "method", "seed", "main", "status", "tra
 PAIR_COLUMNS = ("task", "a", "b", "mean", "ci", "n", "wins", "frac_better", "params_a",
                 "params_b", "param_ratio")
 STATEMENTS = {
-    1: "Attribute subspaces exist: adapters trained on one attribute share update directions "
-       "that adapters of the other attributes do not.",
-    2: "The attribute subspaces are disentangled: near-orthogonal across attributes.",
+    1: "Factor subspaces exist: adapters trained on one factor share update directions "
+       "that adapters of the other factors do not.",
+    2: "The factor subspaces are disentangled: near-orthogonal across factors.",
     3: "The integrated reduced subspace beats LoRA, PiSSA, PSV and a random basis at a "
        "quarter of LoRA's trainable parameters or less.",
     4: "It generalises to real captures (task `real`).",
@@ -193,7 +194,7 @@ def _load(source: str | os.PathLike[str] | Mapping[str, pd.DataFrame | None]
                 why[name] = f"`{path.name}` is missing"
             else:
                 try:
-                    df = pd.read_parquet(path)
+                    df = read_frame(path)
                 except Exception as exc:  # pyarrow raises several types for a damaged file
                     why[name] = f"`{path.name}` is unreadable ({type(exc).__name__})"
         if df is not None and df.empty:
@@ -208,12 +209,12 @@ def claims(source: str | os.PathLike[str] | Mapping[str, pd.DataFrame | None]) -
     "evidence": df}``). Verdict rules:
 
     1. ``attrsub.subspace.evidence.claim_summary`` over the evidence rows of the chosen extraction
-       (``choose_extraction``; its lowest seed): a side is attribute-specific when within-
-       attribute overlap beats cross-attribute with permutation p < 0.01, held-out energy of
-       the own attribute beats the others', and the side left its LoRA init; "holds" on both
+       (``choose_extraction``; its lowest seed): a side is factor-specific when within-
+       factor overlap beats cross-factor with permutation p < 0.01, held-out energy of
+       the own factor beats the others', and the side left its LoRA init; "holds" on both
        sides, "holds on the <side> side only", else "does not hold".
     2. Over the chosen extraction's rows of ``overlaps``: "holds" when at least half of the
-       (layer, attribute pair) rows have scale-invariant distance > 0.5 AND the mean
+       (layer, factor pair) rows have scale-invariant distance > 0.5 AND the mean
        projection overlap is at most 2x that of random subspaces; else "does not hold".
     3. Per synthetic task (every task but ``real``) with the seed-paired differences: the
        task holds when, for every baseline of lora, pissa, psv, random present, the 95% CI
@@ -243,7 +244,7 @@ def claims(source: str | os.PathLike[str] | Mapping[str, pd.DataFrame | None]) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Claim 1: attribute subspaces exist
+# Claim 1: factor subspaces exist
 
 
 def _num(v: Any, digits: int = 3) -> str:
@@ -260,16 +261,16 @@ def _p(v: Any) -> str:
 
 def _claim1(tables: dict[str, pd.DataFrame | None], why: dict[str, str]
             ) -> tuple[str, str, str]:
-    from attrsub.subspace.evidence import ALL_ATTRIBUTES, ALL_LAYERS, SIDES, claim_summary
+    from attrsub.subspace.evidence import ALL_FACTORS, ALL_LAYERS, SIDES, claim_summary
 
     null = ("random k-dimensional subspaces overlap k/d; the permutation test shuffles the "
-            "attribute labels over the adapters (group sizes kept); a random subspace of the "
+            "factor labels over the adapters (group sizes kept); a random subspace of the "
             "extracted size captures d'/d of a held-out update's energy; an init overlap above "
             "0.5 means the side never left its LoRA init.")
     ev = tables["evidence"]
     if ev is None:
         return NOT_MEASURED, why["evidence"], null
-    need = ("extraction", "seed", "measure", "side", "layer", "attribute", "adapter", "within",
+    need = ("extraction", "seed", "measure", "side", "layer", "factor", "adapter", "within",
             "cross", "random", "p_value", "permutations")
     absent = _missing_columns(ev, need)
     if absent:
@@ -282,12 +283,12 @@ def _claim1(tables: dict[str, pd.DataFrame | None], why: dict[str, str]
     ext = choose_extraction(ev)
     ev = ev[ev["extraction"] == ext]
     ev = ev[ev["seed"] == ev["seed"].min()]
-    overall = ev[(ev["layer"] == ALL_LAYERS) & (ev["attribute"] == ALL_ATTRIBUTES)]
+    overall = ev[(ev["layer"] == ALL_LAYERS) & (ev["factor"] == ALL_FACTORS)]
     rows = overall.astype(object).where(overall.notna(), None).to_dict("records")
     s = claim_summary(rows)
     if all(s[side]["overlap_within"] is None for side in SIDES):
         return (NOT_MEASURED, f"no overall overlap rows at the {ext} extraction (they need at "
-                "least two attributes and more adapters than attributes)", null)
+                "least two factors and more adapters than factors)", null)
     parts = []
     for side in SIDES:
         v = s[side]

@@ -3,10 +3,10 @@
 The tables of a study folder (see results/README.md for every column):
 
 - ``trials.parquet``: one row per trial (mining and fine-tuning), keyed by ``trial_id``;
-- ``overlaps.parquet``: one row per (extraction, layer, attribute pair);
-- ``spectra.parquet``: one row per (extraction, layer, attribute, singular value index);
+- ``overlaps.parquet``: one row per (extraction, layer, factor pair);
+- ``spectra.parquet``: one row per (extraction, layer, factor, singular value index);
 - ``evidence.parquet``: claim 1's measures beside their nulls (attrsub.subspace.evidence): adapter
-  overlaps within versus across attributes with a permutation p, held-out energy, init
+  overlaps within versus across factors with a permutation p, held-out energy, init
   overlap; per layer and over all layers;
 - ``pareto.parquet`` (written by ``sweeps/search.py``): one row per Pareto-optimal trial of
   a multi-objective search, task error versus trainable parameters.
@@ -26,7 +26,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -35,7 +35,10 @@ import pyarrow.parquet as pq
 from attrsub import storage
 from attrsub.errors import ConfigError, DataError, StorageError
 from attrsub.fsio import atomic_path
-from attrsub.scenes.attributes import FACTORS as ATTRIBUTES
+from attrsub.scenes.factors import FACTORS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATUSES = ("ok", "failed", "stopped")
 STAGES = ("mine", "finetune", "search")
@@ -49,7 +52,7 @@ _TRIAL_FIELDS: list[pa.Field] = [
     pa.field("method", pa.string()),
     pa.field("factors", pa.string()),
     pa.field("group", pa.int64()),
-    *(pa.field(f"rank_{a}", pa.int64()) for a in ATTRIBUTES),
+    *(pa.field(f"rank_{a}", pa.int64()) for a in FACTORS),
     pa.field("rank", pa.int64()),
     pa.field("total_rank", pa.int64()),
     pa.field("ortho", pa.string()),
@@ -86,8 +89,8 @@ OVERLAPS_SCHEMA = pa.schema([
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("extraction", pa.string(), nullable=False),
     pa.field("layer", pa.string(), nullable=False),
-    pa.field("attr_a", pa.string(), nullable=False),
-    pa.field("attr_b", pa.string(), nullable=False),
+    pa.field("factor_a", pa.string(), nullable=False),
+    pa.field("factor_b", pa.string(), nullable=False),
     pa.field("rank_a", pa.int64()),
     pa.field("rank_b", pa.int64()),
     pa.field("d_out", pa.int64()),
@@ -108,7 +111,7 @@ PARETO_SCHEMA = pa.schema([
     pa.field("lr", pa.float64()),
     pa.field("steps", pa.int64()),
     pa.field("rank", pa.int64()),
-    *(pa.field(f"rank_{a}", pa.int64()) for a in ATTRIBUTES),
+    *(pa.field(f"rank_{a}", pa.int64()) for a in FACTORS),
     pa.field("factors", pa.string()),
     pa.field("total_rank", pa.int64()),
     pa.field("ortho", pa.string()),
@@ -125,7 +128,7 @@ EVIDENCE_SCHEMA = pa.schema([
     pa.field("measure", pa.string(), nullable=False),
     pa.field("side", pa.string(), nullable=False),
     pa.field("layer", pa.string(), nullable=False),
-    pa.field("attribute", pa.string(), nullable=False),
+    pa.field("factor", pa.string(), nullable=False),
     pa.field("adapter", pa.string()),
     pa.field("within", pa.float64()),
     pa.field("cross", pa.float64()),
@@ -142,7 +145,7 @@ SPECTRA_SCHEMA = pa.schema([
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("extraction", pa.string(), nullable=False),
     pa.field("layer", pa.string(), nullable=False),
-    pa.field("attribute", pa.string(), nullable=False),
+    pa.field("factor", pa.string(), nullable=False),
     pa.field("index", pa.int64(), nullable=False),
     pa.field("value", pa.float64(), nullable=False),
     pa.field("rank", pa.int64()),
@@ -154,6 +157,16 @@ SPECTRA_SCHEMA = pa.schema([
     pa.field("irls_weight_mean", pa.float64()),
     pa.field("irls_weight_max", pa.float64()),
 ])
+
+
+# Columns older code wrote under the paper's word: a study made then still reads, and
+# reports, with today's names (``read_table``, ``read_frame``). Cell values are unchanged.
+LEGACY_COLUMNS = {"attribute": "factor", "attr_a": "factor_a", "attr_b": "factor_b"}
+
+
+def current_columns(names: Sequence[str]) -> list[str]:
+    """``names`` with each ``LEGACY_COLUMNS`` name replaced by today's (unless that is there)."""
+    return [LEGACY_COLUMNS[n] if LEGACY_COLUMNS.get(n, n) not in names else n for n in names]
 
 
 def metric_column(name: str) -> str:
@@ -233,16 +246,26 @@ def write_table(
 
 
 def read_table(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of a table (empty when it does not exist yet)."""
+    """The rows of a table (empty when it does not exist yet), legacy columns renamed."""
     fs, p = _fs(path)
     if fs is None and not Path(p).is_file():
         return []
     if fs is not None and fs.get_file_info(p).type == pafs.FileType.NotFound:
         return []
     try:
-        return pq.read_table(p, filesystem=fs).to_pylist()
+        table = pq.read_table(p, filesystem=fs)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataError(f"results table {os.fspath(path)!r} is unreadable: {exc}") from exc
+    return table.rename_columns(current_columns(table.column_names)).to_pylist()
+
+
+def read_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A local table as a data frame, legacy columns renamed; raises what pandas raises."""
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    df.columns = current_columns(list(df.columns))
+    return df
 
 
 def read_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -302,18 +325,18 @@ def study_rows(
 def spectra_rows(
     bank: Any, *, study: str, code_version: str, seed: int, extraction: str
 ) -> list[dict[str, Any]]:
-    """One row per singular value of every (attribute, layer) subspace of an attrsub Bank."""
+    """One row per singular value of every (factor, layer) subspace of an attrsub Bank."""
     from attrsub.subspace.extract import ExtractConfig, select_rank
 
     cliff = ExtractConfig(rank="cliff-gap")
     out: list[dict[str, Any]] = []
-    for attribute, layers in bank.subspaces.items():
-        adapters = len(bank.sources.get(attribute, []))
+    for factor, layers in bank.subspaces.items():
+        adapters = len(bank.sources.get(factor, []))
         for layer, sub in layers.items():
             w = sub.weights.double()
             common = {
                 "study": study, "code_version": code_version, "seed": seed,
-                "extraction": extraction, "layer": layer, "attribute": attribute,
+                "extraction": extraction, "layer": layer, "factor": factor,
                 "rank": sub.rank, "cliff_rank": select_rank(sub.spectrum, cliff),
                 "adapters": adapters, "irls_iterations": sub.iterations,
                 "converged": bool(sub.converged),

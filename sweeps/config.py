@@ -20,7 +20,7 @@ from attrsub.adapters.lora import LoraSpec, target_modules
 from attrsub.errors import ConfigError
 from attrsub.methods import METHODS, REGISTRY
 from attrsub.model import CONFIGS, build
-from attrsub.scenes.attributes import FACTORS
+from attrsub.scenes.factors import FACTORS
 from attrsub.size import check_size
 from attrsub.subspace.extract import METHODS as EXTRACT_METHODS
 from attrsub.subspace.extract import ExtractConfig
@@ -395,8 +395,8 @@ def check_sampler(name: Any, what: str = "sampler") -> str:
 
 
 def search_names(preset: Preset, method: str) -> set[str]:
-    """The parameters a method's search space may name: rank_<attribute> (0 drops the
-    attribute, so the subset is searched too), ortho and extraction for reduced; rank for
+    """The parameters a method's search space may name: rank_<factor> (0 drops the
+    factor, so the subset is searched too), ortho and extraction for reduced; rank for
     the methods that have one; lr and steps for all."""
     names = {"lr", "steps"}
     if REGISTRY[method].needs_bank:
@@ -456,7 +456,7 @@ def _method_space(preset: Preset, method: Any, raw: Any, where: str) -> tuple[Se
     ranks = {p.name: p for p in params if p.name.startswith("rank_")}
     if REGISTRY[method].needs_bank and len(ranks) == len(preset.factors) and all(
             p.high == 0 for p in ranks.values()):
-        raise ConfigError(f"{where}: every rank_<attribute> is 0, so no attribute is left")
+        raise ConfigError(f"{where}: every rank_<factor> is 0, so no factor is left")
     return params
 
 

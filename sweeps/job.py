@@ -33,8 +33,8 @@ _SEARCH_KEYS = ("trial_id", "axis", "task", "method", "seed", "lr", "steps", "fa
 class Job:
     """One downstream fine-tuning trial.
 
-    ``ranks`` gives each attribute its own rank (a search, the learning-rate tuning); None
-    means ``rank`` for every attribute. ``steps`` None means the preset's downstream steps.
+    ``ranks`` gives each factor its own rank (a search, the learning-rate tuning); None
+    means ``rank`` for every factor. ``steps`` None means the preset's downstream steps.
     """
 
     trial_id: str
@@ -78,7 +78,7 @@ class Job:
 
     @property
     def factor_ranks(self) -> dict[str, int | None]:
-        """Each attribute's rank: ``ranks``, or ``rank`` for every factor."""
+        """Each factor's rank: ``ranks``, or ``rank`` for every factor."""
         if self.ranks is not None:
             return dict(self.ranks)
         return {a: self.rank for a in self.factors}

@@ -5,8 +5,8 @@
     python sweeps/search.py ... --study s1 --resume --trials 4   # the same Optuna study, 4 more
 
 The space is data: the preset's ``search:`` section (sweeps/presets.yaml), validated before
-any trial. For ``reduced`` it spans learning rate, steps, one rank per attribute
-(``rank_texture`` ...; 0 leaves the attribute out, so the subset is searched too) and the
+any trial. For ``reduced`` it spans learning rate, steps, one rank per factor
+(``rank_texture`` ...; 0 leaves the factor out, so the subset is searched too) and the
 orthogonalisation of the integrated basis; for ``lora`` learning rate and rank. A parameter
 the space leaves out keeps the preset's downstream value. ``--objectives error`` minimises the
 task's main metric (maximises it where higher is better); ``error,params`` also minimises the
@@ -92,7 +92,7 @@ def make_job(preset: Preset, task: str, method: str, values: Mapping[str, Any],
              trial_id: str) -> Job | None:
     """The fine-tuning job of one suggestion; parameters not searched keep the preset's value.
 
-    None when the suggestion leaves no attribute in the reduced basis (every rank 0).
+    None when the suggestion leaves no factor in the reduced basis (every rank 0).
     """
     common: dict[str, Any] = {
         "trial_id": trial_id, "axis": "search", "task": task, "method": method,

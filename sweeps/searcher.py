@@ -238,11 +238,11 @@ def make_searcher(streams: Sequence[Stream]) -> Any:
                 job = stream.job_of(trial)
                 if job is not None:
                     break
-                trial.set_user_attr("reason", "every rank_* is 0: no attribute left")
+                trial.set_user_attr("reason", "every rank_* is 0: no factor left")
                 stream.study.tell(trial, state=TrialState.FAIL)
                 self.told["FAIL"] += 1
             else:
-                raise ConfigError("100 suggestions in a row left no attribute in the basis; "
+                raise ConfigError("100 suggestions in a row left no factor in the basis; "
                                   "raise the rank_* bounds")
             self.asked[i] += 1
             trial.set_user_attr("job", job.to_dict())

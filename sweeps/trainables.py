@@ -97,7 +97,7 @@ def mine_trial(config: dict[str, Any]) -> None:
 def finetune_trial(config: dict[str, Any]) -> None:
     """One Tune trial: one attrsub.methods.finetune call; bad input is recorded, not retried.
 
-    Serves the ablation and sweeps/search.py alike: a job may carry per-attribute ``ranks``
+    Serves the ablation and sweeps/search.py alike: a job may carry per-factor ``ranks``
     and its own ``steps``. The last step's loss is not reported (the final report carries
     it without ``step``), so an ASHA scheduler never stops a trial that finished training;
     every report carries ``loss``, as Tune's metric check wants once a scheduler is set.

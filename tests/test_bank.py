@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from attrsub.cli import main
 from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
@@ -14,7 +17,7 @@ from attrsub.errors import ConfigError, DataError
 from attrsub.methods import prepare
 from attrsub.model import build
 from attrsub.model.base import BaseModel
-from attrsub.subspace.bank import FIELDS, Bank, load_bank, save_bank, summary
+from attrsub.subspace.bank import FIELDS, META_KEY, Bank, load_bank, save_bank, summary
 from attrsub.subspace.extract import ExtractConfig
 from attrsub.subspace.mine import build_bank, find_adapters, mine_adapter
 from attrsub.train.loop import TrainConfig, train
@@ -76,6 +79,23 @@ def test_save_load_round_trip(bank: Bank, tmp_path: Path) -> None:
         load_bank(path)
 
 
+def test_a_bank_saved_with_attribute_keyed_evidence_loads_it_as_factor(
+    bank: Bank, tmp_path: Path
+) -> None:
+    """Older banks keyed an evidence row's factor "attribute"; they load with "factor"."""
+    row = {"measure": "overlap", "side": "col", "layer": "all", "factor": "all", "within": 0.6}
+    path = save_bank(dataclasses.replace(bank, evidence=[row]), tmp_path / "bank.safetensors")
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    record = json.loads(meta[META_KEY])
+    record["evidence"] = [{("attribute" if k == "factor" else k): v for k, v in row.items()}]
+    save_file(tensors, str(path), metadata={META_KEY: json.dumps(record)})
+    back = load_bank(path)
+    assert back.evidence == [row]
+    assert back.content_hash() == bank.content_hash()
+
+
 def test_integrate_and_basis_hash(bank: Bank) -> None:
     bases = bank.integrate(["texture", "geometry"], 2, "qr")
     assert set(bases) == set(bank.layers)
@@ -120,7 +140,7 @@ def test_cli_bank_build_and_info(
     assert "geometry" in text and "texture" in text and "32 layers" in text
     assert "geometry-texture" in text and "spectral cliff" in text
     # claim 1's evidence is stored in the bank and printed with its nulls and a verdict
-    assert "claim 1 (attribute subspaces exist):" in text and "permutation p" in text
+    assert "claim 1 (factor subspaces exist):" in text and "permutation p" in text
     assert "col space (" in text and "row space (" in text and "held-out energy" in text
     info = summary(load_bank(out))
     assert info["claim1"]["verdict"] in ("holds", "holds on the col side only",

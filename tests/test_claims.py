@@ -123,7 +123,7 @@ def test_claim4_on_real_captures() -> None:
 
 
 def _overlaps(dist: float, overlap: float) -> pd.DataFrame:
-    rows = [{"extraction": ext, "layer": layer, "attr_a": a, "attr_b": b,
+    rows = [{"extraction": ext, "layer": layer, "factor_a": a, "factor_b": b,
              "scale_inv_distance": dist, "rand_scale_inv_distance": 0.95,
              "col_angle_min": 70.0, "rand_col_angle_min": 80.0, "overlap": overlap,
              "rand_overlap": 0.05}
@@ -144,7 +144,7 @@ def _evidence(p: float) -> pd.DataFrame:
     rows = []
     for side in ("col", "row"):
         common = {"extraction": "irls", "seed": 0, "side": side, "layer": "all",
-                  "attribute": "all", "adapter": None, "rank": 4, "dim": 64.0}
+                  "factor": "all", "adapter": None, "rank": 4, "dim": 64.0}
         rows += [{**common, "measure": "overlap", "within": 0.6, "cross": 0.1, "random": 0.06,
                   "p_value": p, "permutations": 2000},
                  {**common, "measure": "heldout", "within": 0.9, "cross": 0.1, "random": 0.06,
@@ -155,7 +155,7 @@ def _evidence(p: float) -> pd.DataFrame:
 def test_claim1_reuses_the_evidence_summary() -> None:
     c1 = _by_number(claims({"evidence": _evidence(0.001)}))[1]
     assert c1.verdict == "holds"
-    assert "col side (attribute-specific): overlap within 0.600 vs cross 0.100" in c1.evidence
+    assert "col side (factor-specific): overlap within 0.600 vs cross 0.100" in c1.evidence
     assert "p = 0.001 over 2000 permutations" in c1.evidence and "k/d" in c1.null
     assert _by_number(claims({"evidence": _evidence(0.2)}))[1].verdict == "does not hold"
     # a column a reader filled with nulls is missing, not a failed test

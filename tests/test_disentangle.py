@@ -119,14 +119,14 @@ def test_pairwise_rows_are_flat_and_complete() -> None:
         "lighting": {"l0": _layer(qc[:, 6:9], qr[:, 3:6])},
     }
     rows = pairwise(subs, seed=0)
-    assert [(r["layer"], r["attr_a"], r["attr_b"]) for r in rows] == [
+    assert [(r["layer"], r["factor_a"], r["factor_b"]) for r in rows] == [
         ("l0", "texture", "camera"),
         ("l1", "texture", "camera"),
         ("l0", "texture", "lighting"),
         ("l0", "camera", "lighting"),
     ]
     keys = {
-        "layer", "attr_a", "attr_b", "rank_a", "rank_b", "d_out", "d_in",
+        "layer", "factor_a", "factor_b", "rank_a", "rank_b", "d_out", "d_in",
         "col_angle_min", "col_angle_mean", "row_angle_min", "row_angle_mean",
         "scale_inv_distance", "row_scale_inv_distance", "overlap", "row_overlap",
     }  # fmt: skip

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from attrsub.scenes.attributes import CANONICAL, FACTORS, FactorSpec, sample_scenes
 from attrsub.scenes.draw import (
     Placer,
     TextureRanges,
@@ -19,6 +18,7 @@ from attrsub.scenes.draw import (
     log_uniform,
     uniform,
 )
+from attrsub.scenes.factors import CANONICAL, FACTORS, FactorSpec, sample_scenes
 from attrsub.tasks import TaskSize, get_task
 
 SMALL = TaskSize(train_scenes=6, eval_scenes=6, views=3, size=28)

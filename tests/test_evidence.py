@@ -72,14 +72,14 @@ def _claim_rows(p: float, within: float, cross: float, held: tuple[float, float]
                 init: float | None) -> list[dict]:
     rows = []
     for side in ("col", "row"):
-        rows.append({"measure": "overlap", "side": side, "layer": "all", "attribute": "all",
+        rows.append({"measure": "overlap", "side": side, "layer": "all", "factor": "all",
                      "adapter": None, "within": within, "cross": cross, "random": 0.1,
                      "p_value": p, "permutations": 1000})
-        rows.append({"measure": "heldout", "side": side, "layer": "all", "attribute": "all",
+        rows.append({"measure": "heldout", "side": side, "layer": "all", "factor": "all",
                      "adapter": None, "within": held[0], "cross": held[1], "random": 0.1,
                      "p_value": None, "permutations": None})
     if init is not None:
-        rows.append({"measure": "init", "side": "row", "layer": "all", "attribute": "all",
+        rows.append({"measure": "init", "side": "row", "layer": "all", "factor": "all",
                      "adapter": None, "within": init, "cross": None, "random": 0.1,
                      "p_value": None, "permutations": None})
     return rows
@@ -94,4 +94,4 @@ def test_claim_one_needs_significance_held_out_energy_and_a_row_space_past_its_i
     assert claim_summary(_claim_rows(0.2, 0.3, 0.2, (0.6, 0.4), 0.2))["verdict"] == \
         "does not hold"
     held_out_fails = claim_summary(_claim_rows(0.001, 0.3, 0.2, (0.3, 0.4), 0.2))
-    assert held_out_fails["col"]["status"] == "not attribute-specific"
+    assert held_out_fails["col"]["status"] == "not factor-specific"

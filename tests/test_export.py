@@ -186,7 +186,7 @@ def test_layers_of_different_widths_use_rank_patterns(images: torch.Tensor,
         w = model.get_submodule(name).weight
         u = torch.linalg.qr(torch.randn(w.shape[0], du, generator=gen))[0]
         v = torch.linalg.qr(torch.randn(w.shape[1], dv, generator=gen))[0]
-        bases[name] = IntegratedBasis(U=u, V=v, attributes=("x",), ranks=(du,), method="qr")
+        bases[name] = IntegratedBasis(U=u, V=v, factors=("x",), ranks=(du,), method="qr")
     apply_reduced(model, bases)
     with torch.no_grad():
         for layer in reduced_layers(model).values():

@@ -1,5 +1,5 @@
-"""Each factor family pushes its attribute to extremes outside the canonical world and draws
-every other attribute per scene from the canonical ranges."""
+"""Each factor family pushes its factor to extremes outside the canonical world and draws
+every other factor per scene from the canonical ranges."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from attrsub.errors import ConfigError
-from attrsub.scenes.attributes import (
+from attrsub.scenes.draw import intervals
+from attrsub.scenes.factors import (
     CANONICAL,
     CANONICAL_RANGES,
     EXTREMES,
@@ -19,7 +20,6 @@ from attrsub.scenes.attributes import (
     FactorSpec,
     sample_scenes,
 )
-from attrsub.scenes.draw import intervals
 from attrsub.scenes.render import render
 from attrsub.scenes.spec import Material, SceneSpec
 
@@ -66,7 +66,7 @@ def _inside(value: float, r: object, tol: float = 1e-9) -> bool:
 
 
 def _draws(scene: SceneSpec) -> dict[str, dict[str, list[float]]]:
-    """The drawn values of each attribute's numeric parameters in one scene."""
+    """The drawn values of each factor's numeric parameters in one scene."""
     mats = _materials(scene)
     cam, lit = scene.camera, scene.lighting
     return {
@@ -98,11 +98,11 @@ def _draws(scene: SceneSpec) -> dict[str, dict[str, list[float]]]:
 def test_family_draws_target_extreme_and_the_rest_canonical(factor: str) -> None:
     scenes = sample_scenes(FactorSpec(factor, scenes=12, views=2, seed=3))
     for scene in scenes:
-        for attr, params in _draws(scene).items():
-            ranges = EXTREMES if attr == factor else CANONICAL_RANGES
+        for axis, params in _draws(scene).items():
+            ranges = EXTREMES if axis == factor else CANONICAL_RANGES
             for name, values in params.items():
                 for v in values:
-                    assert _inside(v, getattr(getattr(ranges, attr), name)), (factor, attr, name, v)
+                    assert _inside(v, getattr(getattr(ranges, axis), name)), (factor, axis, name, v)
     kinds = {m.texture.kind for s in scenes for m in _materials(s)}
     want = EXTREMES if factor == "texture" else CANONICAL_RANGES
     assert kinds <= set(want.texture.kinds)
@@ -112,7 +112,7 @@ def test_family_draws_target_extreme_and_the_rest_canonical(factor: str) -> None
 
 
 @pytest.mark.parametrize("factor", FACTORS)
-def test_non_target_attributes_vary_per_scene(factor: str) -> None:
+def test_non_target_factors_vary_per_scene(factor: str) -> None:
     """Nothing is held fixed: an adapter cannot learn a group's fixed values of the others."""
     scenes = sample_scenes(FactorSpec(factor, scenes=6, views=2, seed=1))
     assert len({_geometry(s) for s in scenes}) == 6
@@ -125,22 +125,22 @@ def test_extremes_lie_outside_the_canonical_world() -> None:
     """Every numeric extreme that differs from canonical lies outside it (each tail's middle
     beyond the canonical interval), and each family's kinds include ones the base never saw."""
     differing = 0
-    for attr in FACTORS:
-        ext, can = getattr(EXTREMES, attr), getattr(CANONICAL_RANGES, attr)
+    for axis in FACTORS:
+        ext, can = getattr(EXTREMES, axis), getattr(CANONICAL_RANGES, axis)
         for f in fields(ext):
             e, c = getattr(ext, f.name), getattr(can, f.name)
             if e == c:
                 continue
             differing += 1
             if isinstance(e, tuple) and isinstance(e[0], str):
-                assert set(e) - set(c), (attr, f.name)
+                assert set(e) - set(c), (axis, f.name)
             elif isinstance(e, float):
-                assert e > c, (attr, f.name)
+                assert e > c, (axis, f.name)
             else:
                 (lo, hi), = intervals(c)
                 for a, b in intervals(e):
                     mid = (a + b) / 2
-                    assert not lo < mid < hi, (attr, f.name, (a, b), (lo, hi))
+                    assert not lo < mid < hi, (axis, f.name, (a, b), (lo, hi))
     assert differing >= 20
 
 
@@ -176,10 +176,10 @@ def test_deterministic() -> None:
 def test_canonical_draws_everything_canonically() -> None:
     scenes = sample_scenes(FactorSpec(CANONICAL, scenes=6, views=2, seed=0))
     for scene in scenes:
-        for attr, params in _draws(scene).items():
+        for axis, params in _draws(scene).items():
             for name, values in params.items():
-                ranges = getattr(CANONICAL_RANGES, attr)
-                assert all(_inside(v, getattr(ranges, name)) for v in values), (attr, name)
+                ranges = getattr(CANONICAL_RANGES, axis)
+                assert all(_inside(v, getattr(ranges, name)) for v in values), (axis, name)
     assert len({_geometry(s) for s in scenes}) == 6
     assert len({s.lighting for s in scenes}) == 6
 

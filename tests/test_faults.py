@@ -44,14 +44,14 @@ def _merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_presets(path: Path, change: dict[str, Any]) -> Path:
-    """The smoke preset, one attribute, one short mining trial, one task and no learning-rate
+    """The smoke preset, one factor, one short mining trial, one task and no learning-rate
     search, with ``change`` merged in."""
     smoke = yaml.safe_load((REPO / "sweeps" / "presets.yaml").read_text())["smoke"]
     small = {"factors": ["texture"], "groups": 1, "mining": {"steps": 2},
              "ablation": {"subsets": [["texture"]]},
              "downstream": {"tasks": ["print_attack"], "lr_search": None}}
     preset = _merge(_merge(smoke, small), change)
-    # a search space is replaced, not merged: smoke's names all four attributes
+    # a search space is replaced, not merged: smoke's names all four factors
     preset["search"]["space"] = change.get("search", {}).get(
         "space", {"lora": smoke["search"]["space"]["lora"]})
     path.write_text(yaml.safe_dump({PRESET: preset}))

@@ -1,4 +1,4 @@
-"""Integration of attribute subspaces into the reduced adapter's frozen bases."""
+"""Integration of factor subspaces into the reduced adapter's frozen bases."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_orthonormal_and_spanning(method: str) -> None:
         for sub in layer.values():
             original = sub.col_factor() if side == "col" else sub.row_factor()
             assert _residual(basis, original) < 1e-5
-    assert out.attributes == ("texture", "geometry", "camera")
+    assert out.factors == ("texture", "geometry", "camera")
     assert out.ranks == (4, 4, 3) and out.method == method
 
 
@@ -72,7 +72,7 @@ def test_none_concatenates_scaled_factors() -> None:
     assert out.ranks == (2, 4)
 
 
-def test_gram_schmidt_keeps_first_attribute_span() -> None:
+def test_gram_schmidt_keeps_first_factor_span() -> None:
     layer = _layer()
     for order in (["texture", "camera"], ["camera", "texture"]):
         out = integrate(layer, order, method="gram-schmidt")
@@ -151,9 +151,9 @@ def test_integrate_all_over_layers() -> None:
     ("kwargs", "match"),
     [
         ({"method": "householder"}, "householder"),
-        ({"attributes": ["texture", "motion"]}, "motion"),
-        ({"attributes": []}, "at least one"),
-        ({"attributes": ["texture", "texture"]}, "repeat"),
+        ({"factors": ["texture", "motion"]}, "motion"),
+        ({"factors": []}, "at least one"),
+        ({"factors": ["texture", "texture"]}, "repeat"),
         ({"ranks": {"texture": 5}}, "1..4"),
         ({"ranks": {"texture": 0}}, "1..4"),
         ({"ranks": {"lighting": 1}}, "lighting"),
@@ -163,7 +163,7 @@ def test_integrate_all_over_layers() -> None:
     ],
 )
 def test_bad_input(kwargs: dict, match: str) -> None:
-    args = {"attributes": ["texture", "geometry", "camera"], **kwargs}
+    args = {"factors": ["texture", "geometry", "camera"], **kwargs}
     with pytest.raises(ConfigError, match=match):
         integrate(_layer(), **args)
 

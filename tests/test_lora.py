@@ -176,7 +176,7 @@ def test_cli_mine_adapter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_mined_adapters_start_from_independent_keyed_inits() -> None:
     """Each (factor, group, seed) draws its own lora_A, whatever torch's global seed is: a
-    shared init would be a subspace every adapter shares that no attribute caused."""
+    shared init would be a subspace every adapter shares that no factor caused."""
     keys = [init_key(f, g, 0) for f in ("texture", "camera") for g in range(3)]
     inits = []
     for key in keys:

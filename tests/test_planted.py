@@ -1,13 +1,13 @@
 """Mining against a planted truth, end to end: data whose optimal updates lie in known
-per-attribute subspaces -> real PEFT LoRA adapters (keyed, independent inits), trained
+per-factor subspaces -> real PEFT LoRA adapters (keyed, independent inits), trained
 and saved like mined ones -> the real extraction and bank -> the evidence measures.
 
-Each attribute a has a planted rank-2 update U_a S V_a^T per layer (plus, in one case, a
-rank-1 component u_c s v_c^T shared by every attribute). An adapter of attribute a learns
+Each factor a has a planted rank-2 update U_a S V_a^T per layer (plus, in one case, a
+rank-1 component u_c s v_c^T shared by every factor). An adapter of factor a learns
 y = (W0 + planted) x on its own inputs. The extraction must recover U_a and V_a, adapters
-of one attribute must overlap far more than adapters of different attributes, on both the
+of one factor must overlap far more than adapters of different factors, on both the
 column and the row side, and the row spaces must have left the LoRA init. A control arm
-gives every adapter the same init (the old shared-seed mining): its cross-attribute row
+gives every adapter the same init (the old shared-seed mining): its cross-factor row
 overlap rises far above the random null, which is the artifact these tests guard against.
 """
 
@@ -35,7 +35,7 @@ from attrsub.subspace.evidence import evidence_rows, load_adapters
 from attrsub.subspace.extract import ExtractConfig
 from attrsub.subspace.mine import build_bank, find_adapters
 
-ATTRS = ("texture", "geometry", "camera", "lighting")
+FACTORS = ("texture", "geometry", "camera", "lighting")
 LAYERS = {"net.a": (24, 32), "net.b": (32, 40)}  # name -> (d_out, d_in)
 PLANTED_RANK, LORA_RANK, GROUPS = 2, 4, 3
 STEPS, LR, SAMPLES = 300, 1e-2, 256
@@ -63,21 +63,21 @@ def _orth(gen: torch.Generator, d: int, k: int) -> torch.Tensor:
 
 
 def _truth(shared: bool) -> dict:
-    """Base weights, per-attribute planted bases and the shared component, per layer."""
+    """Base weights, per-factor planted bases and the shared component, per layer."""
     gen = torch.Generator().manual_seed(7)
     w0 = {n: torch.randn(o, i, generator=gen) / math.sqrt(i) for n, (o, i) in LAYERS.items()}
     planted = {
         a: {n: (_orth(gen, o, PLANTED_RANK), _orth(gen, i, PLANTED_RANK))
             for n, (o, i) in LAYERS.items()}
-        for a in ATTRS
+        for a in FACTORS
     }
     common = ({n: (_orth(gen, o, 1), _orth(gen, i, 1)) for n, (o, i) in LAYERS.items()}
               if shared else None)
     return {"w0": w0, "planted": planted, "common": common}
 
 
-def _target(truth: dict, attr: str, layer: str) -> torch.Tensor:
-    u, v = truth["planted"][attr][layer]
+def _target(truth: dict, factor: str, layer: str) -> torch.Tensor:
+    u, v = truth["planted"][factor][layer]
     delta = u @ torch.diag(torch.tensor([1.0, 0.7])) @ v.T
     if truth["common"] is not None:
         uc, vc = truth["common"][layer]
@@ -85,11 +85,11 @@ def _target(truth: dict, attr: str, layer: str) -> torch.Tensor:
     return truth["w0"][layer] + delta
 
 
-def _mine(truth: dict, attr: str, group: int, out: Path, key: str) -> Path:
+def _mine(truth: dict, factor: str, group: int, out: Path, key: str) -> Path:
     """One adapter as attrsub.subspace.mine.mine_adapter makes one: keyed LoRA, trained, saved."""
-    gen = torch.Generator().manual_seed(1000 + 10 * ATTRS.index(attr) + group)
+    gen = torch.Generator().manual_seed(1000 + 10 * FACTORS.index(factor) + group)
     xs = {n: torch.randn(SAMPLES, i, generator=gen) for n, (_, i) in LAYERS.items()}
-    ys = {n: x @ _target(truth, attr, n).T for n, x in xs.items()}
+    ys = {n: x @ _target(truth, factor, n).T for n, x in xs.items()}
     model = apply_lora(Planted(truth["w0"]), LoraSpec(rank=LORA_RANK), init_key=key,
                        targets=list(LAYERS))
     a0 = {n: a.detach().clone() for n, a in lora_a_weights(model).items()}
@@ -102,10 +102,10 @@ def _mine(truth: dict, attr: str, group: int, out: Path, key: str) -> Path:
         loss.backward()
         opt.step()
     fit = float(loss.detach())
-    assert fit < 1e-3, f"{attr}-g{group} did not fit its planted update: {fit}"
-    folder = out / f"{attr}-g{group}"
+    assert fit < 1e-3, f"{factor}-g{group} did not fit its planted update: {fit}"
+    folder = out / f"{factor}-g{group}"
     save_adapter(model, folder, {
-        "base": {"name": "planted", "weights_hash": "planted-w0"}, "factor": attr,
+        "base": {"name": "planted", "weights_hash": "planted-w0"}, "factor": factor,
         "seed": 0, "rank": LORA_RANK, "init": {"key": key, "scale": 1.0},
         "movement": movement(model, a0, LoraSpec(rank=LORA_RANK).scaling),
     })
@@ -114,16 +114,16 @@ def _mine(truth: dict, attr: str, group: int, out: Path, key: str) -> Path:
 
 def _adapters(truth: dict, root: Path, shared_init: bool) -> Path:
     root.mkdir()
-    for attr in ATTRS:
+    for factor in FACTORS:
         for g in range(GROUPS):
-            key = init_key("shared", 0, 0) if shared_init else init_key(attr, g, 0)
-            _mine(truth, attr, g, root, key)
+            key = init_key("shared", 0, 0) if shared_init else init_key(factor, g, 0)
+            _mine(truth, factor, g, root, key)
     return root
 
 
 def _overall(rows: list[dict], measure: str, side: str) -> dict:
     (row,) = [r for r in rows if r["measure"] == measure and r["side"] == side
-              and r["layer"] == "all" and r["attribute"] == "all" and r["adapter"] is None]
+              and r["layer"] == "all" and r["factor"] == "all" and r["adapter"] is None]
     return row
 
 
@@ -158,17 +158,17 @@ def test_extraction_recovers_the_planted_subspaces(planted: dict, tmp_path: Path
     bank = build_bank(find_adapters([planted["adapters"]]),
                       ExtractConfig(method="irls", rank=PLANTED_RANK), permutations=500)
     bank = load_bank(save_bank(bank, tmp_path / "bank.safetensors"))
-    for attr in ATTRS:
+    for factor in FACTORS:
         for layer in LAYERS:
-            u, v = planted["truth"]["planted"][attr][layer]
-            sub = bank.subspaces[attr][layer]
-            assert principal_angles(sub.col_basis, u).max() < 5.0, (attr, layer)
-            assert principal_angles(sub.row_basis, v).max() < 5.0, (attr, layer)
+            u, v = planted["truth"]["planted"][factor][layer]
+            sub = bank.subspaces[factor][layer]
+            assert principal_angles(sub.col_basis, u).max() < 5.0, (factor, layer)
+            assert principal_angles(sub.row_basis, v).max() < 5.0, (factor, layer)
     claim = summary(bank)["claim1"]
     assert claim["verdict"] == "holds"
 
 
-def test_within_attribute_overlap_exceeds_cross_on_both_sides(planted: dict) -> None:
+def test_within_factor_overlap_exceeds_cross_on_both_sides(planted: dict) -> None:
     aset = load_adapters(find_adapters([planted["adapters"]]))
     rows = evidence_rows(aset, ExtractConfig(rank=PLANTED_RANK), permutations=2000)
     for side in ("col", "row"):
@@ -184,7 +184,7 @@ def test_within_attribute_overlap_exceeds_cross_on_both_sides(planted: dict) -> 
 
 
 def test_a_shared_init_shows_up_as_a_shared_row_space(planted: dict) -> None:
-    """The control: one init for every adapter inflates cross-attribute row overlap far above
+    """The control: one init for every adapter inflates cross-factor row overlap far above
     the null, so the independent-init results above are not what any init would give."""
     independent = evidence_rows(load_adapters(find_adapters([planted["adapters"]])),
                                 ExtractConfig(rank=PLANTED_RANK), permutations=200)
@@ -195,21 +195,21 @@ def test_a_shared_init_shows_up_as_a_shared_row_space(planted: dict) -> None:
     assert ctl["cross"] > 2 * ctl["random"]
 
 
-def test_a_component_shared_by_every_attribute(tmp_path: Path) -> None:
-    """A rank-1 update common to all attributes: each attribute's subspace contains it
-    beside its own planted directions, so cross-attribute overlap sits above the null while
-    within-attribute overlap still exceeds it."""
+def test_a_component_shared_by_every_factor(tmp_path: Path) -> None:
+    """A rank-1 update common to all factors: each factor's subspace contains it
+    beside its own planted directions, so cross-factor overlap sits above the null while
+    within-factor overlap still exceeds it."""
     truth = _truth(shared=True)
     root = _adapters(truth, tmp_path / "adapters", False)
     aset = load_adapters(find_adapters([root]))
     cfg = ExtractConfig(rank=PLANTED_RANK + 1)
     bank = build_bank(find_adapters([root]), cfg, permutations=500)
-    for attr in ATTRS:
+    for factor in FACTORS:
         for layer in LAYERS:
-            u, _ = truth["planted"][attr][layer]
+            u, _ = truth["planted"][factor][layer]
             uc, _ = truth["common"][layer]
-            col = bank.subspaces[attr][layer].col_basis
-            assert principal_angles(col, torch.cat([u, uc], 1)).max() < 5.0, (attr, layer)
+            col = bank.subspaces[factor][layer].col_basis
+            assert principal_angles(col, torch.cat([u, uc], 1)).max() < 5.0, (factor, layer)
     rows = evidence_rows(aset, cfg, permutations=2000)
     for side in ("col", "row"):
         ov = _overall(rows, "overlap", side)
@@ -219,4 +219,4 @@ def test_a_component_shared_by_every_attribute(tmp_path: Path) -> None:
     angles = np.mean([principal_angles(bank.subspaces["texture"][n].col_basis,
                                        bank.subspaces["camera"][n].col_basis).min()
                       for n in LAYERS])
-    assert angles < 5.0  # the shared direction: the attribute subspaces are not disjoint
+    assert angles < 5.0  # the shared direction: the factor subspaces are not disjoint

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attrsub.errors import ConfigError
-from attrsub.scenes.attributes import FactorSpec, sample_scenes
+from attrsub.scenes.factors import FactorSpec, sample_scenes
 from attrsub.scenes.render import OUTPUT_KEYS, render
 from attrsub.scenes.spec import (
     Box,

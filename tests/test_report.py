@@ -27,14 +27,14 @@ from results.schema import (
     write_table,
 )
 
-ATTRS = ("texture", "geometry", "camera", "lighting")
+FACTORS = ("texture", "geometry", "camera", "lighting")
 LAYERS = ("aggregator.frame_blocks.0.attn.qkv", "aggregator.global_blocks.1.attn.qkv")
 VERSION = "0.1.0+gabc1234"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _ft(task: str, method: str, seed: int, axis: str = "main", rank: int | None = 4,
-        factors: str = "+".join(ATTRS), ortho: str = "qr", extraction: str = "irls",
+        factors: str = "+".join(FACTORS), ortho: str = "qr", extraction: str = "irls",
         **kw: Any) -> dict[str, Any]:
     reduced = method == "reduced"
     nf = len(factors.split("+"))
@@ -70,7 +70,7 @@ def _trial_rows() -> list[dict[str, Any]]:
         {"trial_id": f"mine-{a}-g0-s0", "study": "unit", "stage": "mine", "axis": "mine",
          "method": "lora", "factors": a, "group": 0, "rank": 4, "seed": 0, "steps": 3,
          "final_loss": 1.0, "wall_s": 1.0, "status": "ok", "code_version": VERSION}
-        for a in ATTRS
+        for a in FACTORS
     ]
     for task, seed in itertools.product(("print_attack", "cross_domain"), (0, 1)):
         rows += [_ft(task, m, seed) for m in ("none", "full", "lora", "pissa", "psv", "random",
@@ -88,9 +88,9 @@ def _trial_rows() -> list[dict[str, Any]]:
 def _overlap_rows() -> list[dict[str, Any]]:
     rows = []
     for ext, layer, (a, b) in itertools.product(("irls", "mean"), LAYERS,
-                                                itertools.combinations(ATTRS, 2)):
+                                                itertools.combinations(FACTORS, 2)):
         r: dict[str, Any] = {"study": "unit", "code_version": VERSION, "seed": 0,
-                             "extraction": ext, "layer": layer, "attr_a": a, "attr_b": b,
+                             "extraction": ext, "layer": layer, "factor_a": a, "factor_b": b,
                              "rank_a": 4, "rank_b": 4, "d_out": 96, "d_in": 32}
         for name in OVERLAPS_SCHEMA.names[11:]:
             r[name] = 60.0 if "angle" in name else 0.5
@@ -100,10 +100,10 @@ def _overlap_rows() -> list[dict[str, Any]]:
 
 def _spectra_rows() -> list[dict[str, Any]]:
     rows = []
-    for ext, layer, attr in itertools.product(("irls", "mean"), LAYERS, ATTRS):
+    for ext, layer, factor in itertools.product(("irls", "mean"), LAYERS, FACTORS):
         for i in range(6):
             rows.append({"study": "unit", "code_version": VERSION, "seed": 0, "extraction": ext,
-                         "layer": layer, "attribute": attr, "index": i,
+                         "layer": layer, "factor": factor, "index": i,
                          "value": 1.0 / (i + 1) if i < 4 else 1e-4 / i, "rank": 4,
                          "cliff_rank": 4, "adapters": 2, "irls_iterations": 5,
                          "converged": True, "irls_weight_min": 0.9, "irls_weight_mean": 1.0,
@@ -112,7 +112,7 @@ def _spectra_rows() -> list[dict[str, Any]]:
 
 
 def _evidence_rows() -> list[dict[str, Any]]:
-    """Claim 1's measures on three adapters per attribute, each near its attribute's planted
+    """Claim 1's measures on three adapters per factor, each near its factor's planted
     rank-2 subspace (column and row side) plus noise, from independent random inits."""
     gen = torch.Generator().manual_seed(0)
     d_out, d_in = 24, 16
@@ -124,9 +124,9 @@ def _evidence_rows() -> list[dict[str, Any]]:
         noise = torch.randn(basis.shape[0], 2, generator=gen)
         return basis @ torch.randn(2, 2, generator=gen) + 0.05 * noise
 
-    planted = {a: {n: (orth(d_out), orth(d_in)) for n in LAYERS} for a in ATTRS}
+    planted = {a: {n: (orth(d_out), orth(d_in)) for n in LAYERS} for a in FACTORS}
     names, labels, updates, inits = [], [], [], []
-    for a, k in itertools.product(ATTRS, range(3)):
+    for a, k in itertools.product(FACTORS, range(3)):
         names.append(f"{a}-g{k}")
         labels.append(a)
         updates.append({n: Update(col=near(u), row=near(v)) for n, (u, v) in planted[a].items()})
@@ -211,7 +211,7 @@ def test_claims_section(full_study: tuple[Path, str]) -> None:
     bullets = _claim_bullets(text)
     assert sorted(bullets) == [1, 2, 3, 4]
     assert bullets[1].startswith("- **Claim 1: holds.**"), bullets[1]
-    assert "col side (attribute-specific)" in bullets[1] and "*Null:*" in bullets[1]
+    assert "col side (factor-specific)" in bullets[1] and "*Null:*" in bullets[1]
     # every distance is exactly 0.5, so none is above it
     assert bullets[2].startswith("- **Claim 2: does not hold.**")
     assert "0% of rows above 0.5" in bullets[2]
@@ -246,7 +246,7 @@ def test_paper_table_copied(full_study: tuple[Path, str]) -> None:
 
 def test_ablation_tables(full_study: tuple[Path, str]) -> None:
     _, text = full_study
-    subsets = _table_rows(text, "## Attribute subsets")
+    subsets = _table_rows(text, "## Factor subsets")
     assert len(subsets) == 6  # 3 subsets (the default included) x 2 tasks
     labels = [r[1] for r in subsets if r[0] == "print_attack"]
     assert labels[0] == "texture + geometry + camera + lighting (d=16) [default]"  # best first
@@ -256,7 +256,7 @@ def test_ablation_tables(full_study: tuple[Path, str]) -> None:
     disent = _table_rows(text, "## Disentanglement")
     assert len(disent) == 12 and disent[0][:2] == ["irls", "texture - geometry"]
     spectra = _table_rows(text, "## Singular spectra")
-    assert [r[1] for r in spectra[:4]] == list(ATTRS)
+    assert [r[1] for r in spectra[:4]] == list(FACTORS)
 
 
 def test_partial_study_reports_what_exists(tmp_path: Path) -> None:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from attrsub.errors import ConfigError, StorageError
+from results.claims import claims
+from results.report.load import load_study
 from results.schema import (
+    LEGACY_COLUMNS,
     OVERLAPS_SCHEMA,
     SPECTRA_SCHEMA,
     TRIAL_COLUMNS,
     metric_column,
+    read_frame,
     read_table,
     trials_schema,
     upsert_table,
@@ -91,9 +98,38 @@ def test_bad_rows_are_refused(tmp_path, row: dict, match: str) -> None:
 
 def test_overlap_and_spectra_schemas_write(tmp_path) -> None:
     ident = {"study": "s", "code_version": "v", "seed": 0, "extraction": "irls", "layer": "l"}
-    write_table([{**ident, "attr_a": "texture", "attr_b": "camera", "overlap": 0.1}],
+    write_table([{**ident, "factor_a": "texture", "factor_b": "camera", "overlap": 0.1}],
                 OVERLAPS_SCHEMA, tmp_path / "o.parquet")
-    write_table([{**ident, "attribute": "texture", "index": 0, "value": 1.0, "cliff_rank": 1}],
+    write_table([{**ident, "factor": "texture", "index": 0, "value": 1.0, "cliff_rank": 1}],
                 SPECTRA_SCHEMA, tmp_path / "s.parquet")
     assert pd.read_parquet(tmp_path / "o.parquet").overlap.iloc[0] == pytest.approx(0.1)
     assert pd.read_parquet(tmp_path / "s.parquet").cliff_rank.iloc[0] == 1
+
+
+def test_tables_written_with_the_old_attribute_columns_read_with_factor(tmp_path) -> None:
+    """Studies made before the rename still read: ``attribute`` -> ``factor`` (evidence,
+    spectra), ``attr_a``/``attr_b`` -> ``factor_a``/``factor_b`` (overlaps); values kept."""
+    ident = {"study": "s", "code_version": "v", "seed": 0, "extraction": "irls", "layer": "l"}
+    old = {
+        "evidence": {**ident, "measure": "overlap", "side": "col", "attribute": "all",
+                     "adapter": "x", "within": 0.6, "cross": 0.1, "random": 0.05,
+                     "p_value": 0.001, "permutations": 99},
+        "spectra": {**ident, "attribute": "texture", "index": 0, "value": 1.0},
+        "overlaps": {**ident, "attr_a": "texture", "attr_b": "camera", "overlap": 0.1},
+    }
+    for name, row in old.items():
+        pq.write_table(pa.Table.from_pylist([row]), tmp_path / f"{name}.parquet")
+    pq.write_table(pa.Table.from_pylist([_row("a")]), tmp_path / "trials.parquet")
+    new = {name: {LEGACY_COLUMNS.get(k, k): v for k, v in row.items()}
+           for name, row in old.items()}
+    assert new["spectra"]["factor"] == "texture" and new["overlaps"]["factor_b"] == "camera"
+    for name, row in new.items():
+        assert read_table(tmp_path / f"{name}.parquet") == [row]
+        assert read_frame(tmp_path / f"{name}.parquet").to_dict("records") == [row]
+    study = load_study(tmp_path)
+    assert study.evidence["factor"].tolist() == ["all"]
+    assert study.spectra["factor"].tolist() == ["texture"]
+    assert study.overlaps[["factor_a", "factor_b"]].values.tolist() == [["texture", "camera"]]
+    assert not [m for m in study.missing if re.search(r"`factor(_a|_b)?`", m)]
+    # claim 1 reads the old evidence table by its new column name (no "lacks column(s)")
+    assert "lacks column" not in claims(tmp_path)[0].evidence

@@ -52,7 +52,7 @@ def _bad(raw: dict, tmp_path: Path, change: dict) -> tuple[Path, dict]:
         ({"space": {"reduced": {"ortho": ["householder"]}}}, "householder"),
         ({"space": {"reduced": {f"rank_{a}": {"low": 0, "high": 0} for a in
                                 ("texture", "geometry", "camera", "lighting")}}},
-         "no attribute is left"),
+         "no factor is left"),
         ({"space": {"reduced": {"rank_texture": {"low": 0, "high": 9}}}}, "extraction rank"),
         ({"space": {"lora": {"rank": {"low": 1, "high": 65}}}}, "narrowest adapted layer"),
         ({"space": {"none": {"lr": {"low": 0.1, "high": 0.2}}}}, "cannot search method"),
@@ -97,7 +97,7 @@ def test_cmaes_needs_its_package(tmp_path: Path, capsys) -> None:
     assert "one objective" in capsys.readouterr().err
 
 
-def test_rank_zero_drops_the_attribute_and_all_zero_is_infeasible() -> None:
+def test_rank_zero_drops_the_factor_and_all_zero_is_infeasible() -> None:
     p = load_preset("smoke")
     job = make_job(p, "print_attack", "reduced",
                    {"rank_texture": 0, "rank_geometry": 3, "rank_camera": 0, "rank_lighting": 1,

@@ -1,1 +1,1 @@
-"""Stage 7, adapters: the LoRA adapters that mining trains, one per attribute dataset."""
+"""Stage 7, adapters: the LoRA adapters that mining trains, one per factor dataset."""

@@ -36,7 +36,7 @@ from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import check_creatable, publish_dir, write_json
 
 # CANONICAL and FACTORS stay importable from here for attrsub.cli, which reads them here.
-from attrsub.scenes.attributes import FactorSpec, sample_scenes
+from attrsub.scenes.factors import FactorSpec, sample_scenes
 from attrsub.scenes.render import OUTPUT_KEYS, RENDER_VERSION, render
 from attrsub.scenes.spec import SceneSpec
 from attrsub.size import check_size
@@ -55,7 +55,7 @@ def default_cache_root() -> Path:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One factor dataset: which attribute goes to its extremes, which group, how many
+    """One factor dataset: which factor goes to its extremes, which group, how many
     scenes and views.
 
     ``group`` keys the draws, so several groups of one factor give several independent

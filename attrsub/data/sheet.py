@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 
 from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_dataset
 from attrsub.fsio import atomic_path
-from attrsub.scenes.attributes import CANONICAL, FACTORS
+from attrsub.scenes.factors import CANONICAL, FACTORS
 
 
 def contact_sheet(
@@ -79,7 +79,7 @@ def family_sheet(
     canonical distribution, then of each factor family (group 0), rendered into the cache.
 
     Read it top to bottom: each family's rows differ from the canonical ones only in its
-    attribute (textureless and striped albedo, tiny or huge shapes, wide or narrow lenses
+    factor (textureless and striped albedo, tiny or huge shapes, wide or narrow lenses
     and unseen paths, coloured grazing lights), the rest looking like the canonical rows.
     """
     paths = [

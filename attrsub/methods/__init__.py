@@ -3,7 +3,7 @@ sweep swaps them with one string and a new method is one module here.
 
 ``none`` (zero-shot), ``full``, ``lora``/``pissa`` (PEFT LoRA of rank r on the frame and
 global blocks' four linears), and the basis family on ``reduced/`` (dW = U M V^T, only M
-trained): ``reduced`` (a mined bank's bases, integrated from ``factors`` with per-attribute
+trained): ``reduced`` (a mined bank's bases, integrated from ``factors`` with per-factor
 ``ranks``, orthogonalised by ``ortho``, optionally truncated to ``total_rank``), ``psv``
 (top singular vectors of each pretrained W, the paper's ablation) and ``random`` (seeded
 random orthonormal bases). ``finetune`` runs one method on one task; ``export`` writes any

@@ -1,1 +1,1 @@
-"""Stage 1, scenes: procedural scene specs, the attribute families, and the ray caster."""
+"""Stage 1, scenes: procedural scene specs, the factor families, and the ray caster."""

@@ -1,12 +1,12 @@
-"""Attribute ranges and the draws from them: the one sampler set every scene generator uses.
+"""Factor ranges and the draws from them: the one sampler set every scene generator uses.
 
-The factor families (``attrsub.scenes.attributes``) and the downstream tasks
+The factor families (``attrsub.scenes.factors``) and the downstream tasks
 (``attrsub.tasks``) both build scenes from these draws, so a texture, a light or a camera
 path means the same thing in either. A range is one interval ``(lo, hi)`` or several
 (``((lo, hi), (lo2, hi2))``, the two tails of an extreme); a draw picks one interval
 uniformly (no generator call when there is only one), then a value uniformly inside it.
 Every helper takes the generator it draws from and calls it in a fixed order, so a stream
-keyed by a scene and an attribute reproduces its scene bit for bit.
+keyed by a scene and a factor reproduces its scene bit for bit.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class LightingRanges:
 
 
 def keyed_stream(seed: int, key: str, index: int, stream: int) -> np.random.Generator:
-    """One attribute's stream of one scene, keyed by a name (a task's "<task>/<split>"): draws
-    never shift across attributes, scenes or names."""
+    """One factor's stream of one scene, keyed by a name (a task's "<task>/<split>"): draws
+    never shift across factors, scenes or names."""
     tag = hashlib.sha256(key.encode()).digest()[:8]
     words = [int.from_bytes(tag[:4], "little"), int.from_bytes(tag[4:], "little")]
     return np.random.default_rng([seed, *words, index, stream])

@@ -16,9 +16,9 @@ the heads keep ordinary LoRA there; block types are ``frame_blocks`` and ``globa
 (their ``decoder.*`` keys belong to another model). The tensors are assigned as the
 weights' data, so float32 is what we write.
 
-Our bank holds per attribute and layer an orthonormal column basis U_a [d_out, r_a] and row
+Our bank holds per factor and layer an orthonormal column basis U_a [d_out, r_a] and row
 basis V_a [d_in, r_a]. Exported, B = [U_1 .. U_m] and A = [V_1 .. V_m]^T: the paper's plain
-concatenation of the attributes' bases (the span of its A = U S^1/2, B = V S^1/2; the
+concatenation of the factors' bases (the span of its A = U S^1/2, B = V S^1/2; the
 scale is a change of M's coordinates). Whatever else the bank holds (factor names, ranks,
 singular values, spectra, IRLS weights, provenance) rides in the safetensors metadata as
 JSON, which their loader ignores, so ``import_bank_authors`` restores the same bank
@@ -47,6 +47,7 @@ from attrsub.fetch import file_sha256
 from attrsub.fsio import atomic_path, check_new_file, read_safetensors
 from attrsub.model.base import BaseModel
 from attrsub.subspace.bank import Bank, load_bank, save_bank
+from attrsub.subspace.evidence import current_keys
 from attrsub.subspace.extract import ExtractConfig, LayerSubspace
 from attrsub.subspace.integrate import rank_of
 
@@ -318,7 +319,8 @@ def authors_to_bank(
     else:
         names, entries = list(record["factors"]), record["layers"]
         config = ExtractConfig(**record["extract"])
-        sources, evidence = record.get("sources", {}), record.get("evidence", [])
+        sources = record.get("sources", {})
+        evidence = [current_keys(r) for r in record.get("evidence", [])]
         missing = sorted(set(pairs) ^ set(entries))
         if missing:
             raise DataError(

@@ -1,4 +1,4 @@
-"""The subspace bank: every attribute's per-layer subspaces, with provenance, in one file.
+"""The subspace bank: every factor's per-layer subspaces, with provenance, in one file.
 
 One safetensors file. Tensors are named ``<factor>/<layer>/<field>`` (fields: col_basis,
 row_basis, singular_values, spectrum, weights); the metadata key ``attrsub`` holds a JSON
@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from attrsub import __version__
 from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import atomic_path, read_safetensors
+from attrsub.subspace.evidence import current_keys
 from attrsub.subspace.extract import ExtractConfig, LayerSubspace
 from attrsub.subspace.integrate import IntegratedBasis, integrate_all
 
@@ -54,7 +55,7 @@ class BasisSet:
 
 @dataclass(frozen=True, eq=False)
 class Bank:
-    """All attributes' LayerSubspaces of one base model (factor -> layer -> subspace)."""
+    """All factors' LayerSubspaces of one base model (factor -> layer -> subspace)."""
 
     base_name: str
     weights_hash: str
@@ -220,7 +221,7 @@ def load_bank(path: str | os.PathLike[str], base: Any = None) -> Bank:
         config=ExtractConfig(**record["extract"]),
         subspaces=subspaces,
         sources=record.get("sources", {}),
-        evidence=record.get("evidence", []),
+        evidence=[current_keys(r) for r in record.get("evidence", [])],
     )
 
 
@@ -246,7 +247,7 @@ def summary(bank: Bank, seed: int = 0) -> dict[str, Any]:
     pairs: dict[str, dict[str, list[float]]] = {}
     names = ("col_angle_min", "col_angle_mean", "scale_inv_distance")
     for row in pairwise(bank.subspaces, seed=seed, draws=1):
-        key = f"{row['attr_a']}-{row['attr_b']}"
+        key = f"{row['factor_a']}-{row['factor_b']}"
         acc = pairs.setdefault(key, {})
         for name in names:
             acc.setdefault(name, []).append(float(row[name]))

@@ -1,4 +1,4 @@
-"""How decoupled two attributes' subspaces are, per layer (the paper's disentanglement study).
+"""How decoupled two factors' subspaces are, per layer (the paper's disentanglement study).
 
 Measures between two subspaces of R^n given by bases S [n, d1] and S' [n, d2]:
 
@@ -162,7 +162,7 @@ def random_baseline(
 def compare(
     a: LayerSubspace, b: LayerSubspace, seed: int = 0, draws: int = 4
 ) -> dict[str, float | int]:
-    """All measures for one layer and one attribute pair, plus their random baselines."""
+    """All measures for one layer and one factor pair, plus their random baselines."""
     row: dict[str, float | int] = {
         "rank_a": a.rank,
         "rank_b": b.rank,
@@ -188,20 +188,22 @@ _OVERLAP = {"col": "overlap", "row": "row_overlap"}
 def pairwise(
     subspaces: Mapping[str, Mapping[str, LayerSubspace]], seed: int = 0, draws: int = 4
 ) -> list[dict[str, str | float | int]]:
-    """One flat row per (layer, attribute pair) for every layer both attributes have.
+    """One flat row per (layer, factor pair) for every layer both factors have.
 
-    Keys: layer, attr_a, attr_b, rank_a, rank_b, d_out, d_in, then for the data and (with a
+    Keys: layer, factor_a, factor_b, rank_a, rank_b, d_out, d_in, then for the data and (with a
     ``rand_`` prefix) the random baseline: col_angle_min, col_angle_mean, row_angle_min,
     row_angle_mean (degrees), scale_inv_distance (column space), row_scale_inv_distance,
-    overlap (column space), row_overlap. Attribute pairs follow the mapping's order.
+    overlap (column space), row_overlap. Factor pairs follow the mapping's order.
     """
     rows: list[dict[str, str | float | int]] = []
-    for attr_a, attr_b in itertools.combinations(list(subspaces), 2):
-        layers_b = subspaces[attr_b]
-        for layer, sa in subspaces[attr_a].items():
+    for factor_a, factor_b in itertools.combinations(list(subspaces), 2):
+        layers_b = subspaces[factor_b]
+        for layer, sa in subspaces[factor_a].items():
             if layer not in layers_b:
                 continue
-            row: dict[str, str | float | int] = {"layer": layer, "attr_a": attr_a, "attr_b": attr_b}
+            row: dict[str, str | float | int] = {
+                "layer": layer, "factor_a": factor_a, "factor_b": factor_b,
+            }
             row.update(compare(sa, layers_b[layer], seed=seed, draws=draws))
             rows.append(row)
     return rows

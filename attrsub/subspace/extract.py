@@ -111,7 +111,7 @@ class ExtractConfig:
 
 @dataclass(frozen=True, eq=False)
 class LayerSubspace:
-    """The extracted subspace of one weight matrix for one attribute.
+    """The extracted subspace of one weight matrix for one factor.
 
     ``col_basis`` and ``row_basis`` are orthonormal; ``col_factor``/``row_factor`` give the
     paper's A = U S^1/2, B = V S^1/2 when ``scale == "sqrt"`` (the bases themselves when

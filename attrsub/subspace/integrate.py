@@ -1,7 +1,7 @@
-"""Combine several attributes' subspaces of one layer into the frozen bases of the reduced adapter.
+"""Combine several factors' subspaces of one layer into the frozen bases of the reduced adapter.
 
 The reduced adapter trains only M in dW = U M V^T (paper, step 6); U concatenates the
-chosen attributes' column factors, V their row factors, each attribute contributing its
+chosen factors' column bases, V their row bases, each factor contributing its
 first r_a directions. Columns and rows are treated separately and identically.
 
 Orthogonalisation methods (``METHODS``), applied to the concatenation B = [B_1 .. B_m]:
@@ -10,10 +10,10 @@ Orthogonalisation methods (``METHODS``), applied to the concatenation B = [B_1 .
   largest remaining norm);
 - ``"svd"``: the left singular vectors of B, so truncation keeps the strongest directions;
 - ``"loewdin"``: symmetric orthogonalisation B (B^T B)^(-1/2) = U_B V_B^T, the orthonormal
-  basis closest to B in Frobenius norm; it treats every attribute alike;
+  basis closest to B in Frobenius norm; it treats every factor alike;
 - ``"gram-schmidt"``: Gram-Schmidt with re-orthogonalisation (CGS2, as stable as modified
-  Gram-Schmidt and vectorised), column by column in the given attribute order, so earlier
-  attributes keep their spans and later ones only add what is new.
+  Gram-Schmidt and vectorised), column by column in the given factor order, so earlier
+  factors keep their spans and later ones only add what is new.
 
 "qr", "svd" and "loewdin" work on the small Gram matrix B^T B (pivoted Cholesky, eigh)
 followed by a second orthonormalisation pass (CholeskyQR2, a Loewdin polish): LAPACK on a
@@ -31,7 +31,7 @@ Hence U and V can have different widths when only one side is deficient; M is th
 
 Truncation to a total rank D: "svd" keeps the top D singular directions, "qr" the first D
 pivots, "gram-schmidt" the first D surviving directions, "none" and "loewdin" the first D
-columns of B (attribute order) before orthogonalising.
+columns of B (factor order) before orthogonalising.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class IntegratedBasis:
 
     U: Tensor
     V: Tensor
-    attributes: tuple[str, ...]
+    factors: tuple[str, ...]
     ranks: tuple[int, ...]
     method: str
 
@@ -68,15 +68,15 @@ class IntegratedBasis:
         return (self.U.shape[1], self.V.shape[1])
 
 
-def rank_of(ranks: Mapping[str, int] | int | None, attr: str, available: int,
+def rank_of(ranks: Mapping[str, int] | int | None, factor: str, available: int,
             where: str = "") -> int:
-    """The rank ``ranks`` gives ``attr`` (one int for all, per attribute, or None: all
+    """The rank ``ranks`` gives ``factor`` (one int for all, per factor, or None: all
     ``available`` directions), or ConfigError when it is not in 1..available."""
-    r = ranks.get(attr, available) if isinstance(ranks, Mapping) else ranks
+    r = ranks.get(factor, available) if isinstance(ranks, Mapping) else ranks
     r = available if r is None else r
     if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= available:
         raise ConfigError(
-            f"rank {r!r} for attribute {attr!r} is out of range{where}; its subspace has "
+            f"rank {r!r} for factor {factor!r} is out of range{where}; its subspace has "
             f"1..{available} directions"
         )
     return r
@@ -201,27 +201,27 @@ _METHOD_FNS = {
 
 def _resolve_ranks(
     layer: Mapping[str, LayerSubspace],
-    attributes: Sequence[str],
+    factors: Sequence[str],
     ranks: Mapping[str, int] | int | None,
 ) -> tuple[int, ...]:
-    if len(attributes) == 0:
-        raise ConfigError("integration needs at least one attribute, got none")
-    if len(set(attributes)) != len(attributes):
-        raise ConfigError(f"attributes repeat: {list(attributes)}")
-    for attr in attributes:
-        if attr not in layer:
-            raise ConfigError(f"unknown attribute {attr!r}; valid: {sorted(layer)}")
+    if len(factors) == 0:
+        raise ConfigError("integration needs at least one factor, got none")
+    if len(set(factors)) != len(factors):
+        raise ConfigError(f"factors repeat: {list(factors)}")
+    for factor in factors:
+        if factor not in layer:
+            raise ConfigError(f"unknown factor {factor!r}; valid: {sorted(layer)}")
     if isinstance(ranks, Mapping):
-        extra = set(ranks) - set(attributes)
+        extra = set(ranks) - set(factors)
         if extra:
             raise ConfigError(
-                f"ranks given for attributes not integrated: {sorted(extra)}; "
-                f"integrated: {list(attributes)}"
+                f"ranks given for factors not integrated: {sorted(extra)}; "
+                f"integrated: {list(factors)}"
             )
     out = []
-    for attr in attributes:
-        sub = layer[attr]
-        r = rank_of(ranks, attr, sub.rank)
+    for factor in factors:
+        sub = layer[factor]
+        r = rank_of(ranks, factor, sub.rank)
         out.append(r)
     return tuple(out)
 
@@ -238,23 +238,23 @@ def _factor(basis: Tensor, sub: LayerSubspace, r: int) -> np.ndarray:
 
 def integrate(
     layer: Mapping[str, LayerSubspace],
-    attributes: Sequence[str],
+    factors: Sequence[str],
     ranks: Mapping[str, int] | int | None = None,
     method: str = "qr",
     total_rank: int | None = None,
     rtol: float = DEFAULT_RTOL,
 ) -> IntegratedBasis:
-    """The reduced adapter's bases for one layer from its per-attribute subspaces.
+    """The reduced adapter's bases for one layer from its per-factor subspaces.
 
-    ``ranks``: per-attribute r_a (a mapping, missing attributes use their full rank), one int
+    ``ranks``: per-factor r_a (a mapping, missing factors use their full rank), one int
     for all, or None for every subspace's full rank. Uses ``col_factor``/``row_factor``, so
     S^1/2 is in the bases when the extraction kept it (it matters for "none", "qr"'s pivot
     order, "svd"'s truncation and "loewdin").
     """
     _check_method(method)
-    attributes = tuple(attributes)
-    rs = _resolve_ranks(layer, attributes, ranks)
-    pairs = list(zip(attributes, rs, strict=True))
+    factors = tuple(factors)
+    rs = _resolve_ranks(layer, factors, ranks)
+    pairs = list(zip(factors, rs, strict=True))
     cols = np.concatenate([_factor(layer[a].col_basis, layer[a], r) for a, r in pairs], axis=1)
     rows = np.concatenate([_factor(layer[a].row_basis, layer[a], r) for a, r in pairs], axis=1)
     width = min(cols.shape[0], rows.shape[0])
@@ -266,7 +266,7 @@ def integrate(
     return IntegratedBasis(
         U=orthogonalize(cols, method, total_rank, rtol),
         V=orthogonalize(rows, method, total_rank, rtol),
-        attributes=attributes,
+        factors=factors,
         ranks=rs,
         method=method,
     )
@@ -274,29 +274,29 @@ def integrate(
 
 def integrate_all(
     subspaces: Mapping[str, Mapping[str, LayerSubspace]],
-    attributes: Sequence[str],
+    factors: Sequence[str],
     ranks: Mapping[str, int] | int | None = None,
     method: str = "qr",
     total_rank: int | None = None,
     rtol: float = DEFAULT_RTOL,
 ) -> dict[str, IntegratedBasis]:
-    """``integrate`` for every layer that all chosen attributes have (attribute -> layer ->)."""
+    """``integrate`` for every layer that all chosen factors have (factor -> layer ->)."""
     _check_method(method)
-    if len(attributes) == 0:
-        raise ConfigError("integration needs at least one attribute, got none")
-    for attr in attributes:
-        if attr not in subspaces:
-            raise ConfigError(f"unknown attribute {attr!r}; valid: {sorted(subspaces)}")
-    first = subspaces[attributes[0]]
+    if len(factors) == 0:
+        raise ConfigError("integration needs at least one factor, got none")
+    for factor in factors:
+        if factor not in subspaces:
+            raise ConfigError(f"unknown factor {factor!r}; valid: {sorted(subspaces)}")
+    first = subspaces[factors[0]]
     return {
         name: integrate(
-            {a: subspaces[a][name] for a in attributes},
-            attributes,
+            {a: subspaces[a][name] for a in factors},
+            factors,
             ranks,
             method,
             total_rank,
             rtol,
         )
         for name in first
-        if all(name in subspaces[a] for a in attributes)
+        if all(name in subspaces[a] for a in factors)
     }

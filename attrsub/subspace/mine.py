@@ -31,7 +31,7 @@ from attrsub.data.datasets import DatasetSpec, SceneDataset, render_factor_datas
 from attrsub.errors import ConfigError, DataError
 from attrsub.fsio import check_creatable, check_new_dir, publish_dir
 from attrsub.model.base import DEFAULT_BASE, load_base
-from attrsub.scenes.attributes import FACTORS
+from attrsub.scenes.factors import FACTORS
 from attrsub.subspace.bank import Bank
 from attrsub.subspace.evidence import ALL_LAYERS, evidence_rows, load_adapters
 from attrsub.subspace.extract import ExtractConfig, LayerSubspace, extract_all
@@ -73,7 +73,7 @@ def mine_adapter(
 
     The LoRA init is drawn from a generator keyed by (factor, group, seed) (``init_key``),
     so adapters of different datasets start from independent A; a shared init would be a
-    shared subspace that no attribute caused (``lora_init_key`` overrides the key, e.g. to
+    shared subspace that no factor caused (``lora_init_key`` overrides the key, e.g. to
     reproduce that artifact). The sidecar records the key and how far training moved the
     adapter from it (``movement``).
     """
@@ -235,7 +235,7 @@ def build_bank(
     seed: int = 0,
 ) -> Bank:
     """Extract one subspace per factor and layer from that factor's adapters, with the
-    evidence that they are attribute subspaces (``permutations`` label shuffles; 0: none)."""
+    evidence that they are factor subspaces (``permutations`` label shuffles; 0: none)."""
     if not adapters_by_factor:
         raise ConfigError("build_bank needs adapters of at least one factor, got none")
     extracted = {f: extract_factor(f, dirs, cfg) for f, dirs in adapters_by_factor.items()}

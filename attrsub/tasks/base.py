@@ -7,7 +7,7 @@ its data by rendering procedural scenes through the dataset cache, and a real-da
 paper's face or clothed-human sets) plugs in by overriding ``train_data`` / ``eval_data``
 with datasets from another source.
 
-Every scene draw uses its own numpy stream keyed by (seed, task, split, scene, attribute)
+Every scene draw uses its own numpy stream keyed by (seed, task, split, scene, factor)
 (``attrsub.scenes.draw.keyed_stream``), so splits are deterministic from the seed and never
 share scenes.
 """
@@ -33,7 +33,7 @@ from attrsub.scenes.spec import SceneSpec
 from attrsub.size import check_size
 
 PathLike = str | os.PathLike[str]
-# Attribute streams of one scene draw (the last key of ``keyed_stream``).
+# Factor streams of one scene draw (the last key of ``keyed_stream``).
 LABEL_STREAM, TEXTURE_STREAM, GEOMETRY_STREAM, CAMERA_STREAM, LIGHTING_STREAM = range(5)
 MAX_SEED = 2**31 - 1
 MAX_VIEWS = 64
@@ -134,10 +134,10 @@ class Task:
                 f"{self.points_from!r}"
             )
 
-    def stream(self, seed: int, split: str, index: int, attribute: int) -> np.random.Generator:
-        """The numpy stream of one attribute of scene ``index`` of ``split`` (index 0: the
+    def stream(self, seed: int, split: str, index: int, factor: int) -> np.random.Generator:
+        """The numpy stream of one factor of scene ``index`` of ``split`` (index 0: the
         split's own draws, such as its labels or order)."""
-        return keyed_stream(seed, f"{self.name}/{split}", index, attribute)
+        return keyed_stream(seed, f"{self.name}/{split}", index, factor)
 
     def check(self, size: TaskSize) -> TaskSize:
         """Reject sizes this task cannot use (before rendering or loading anything)."""

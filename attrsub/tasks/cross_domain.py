@@ -135,8 +135,8 @@ class CrossDomainTask(SceneTask):
         return [self._scene(seed, split, family, i, views) for i in range(n)]
 
     def _scene(self, seed: int, split: str, fam: Family, i: int, views: int) -> SceneSpec:
-        def rng(attribute: int) -> np.random.Generator:
-            return self.stream(seed, split, i + 1, attribute)
+        def rng(factor: int) -> np.random.Generator:
+            return self.stream(seed, split, i + 1, factor)
 
         tex = rng(TEXTURE_STREAM)
         ranges = dataclasses.replace(TASK_TEXTURE, kinds=fam.textures)

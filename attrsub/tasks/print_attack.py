@@ -180,8 +180,8 @@ class PrintAttackTask(SceneTask):
         return [self._scene(seed, split, i, bool(prints[i]), views) for i in range(n)]
 
     def _scene(self, seed: int, split: str, i: int, printed: bool, views: int) -> SceneSpec:
-        def rng(attribute: int) -> np.random.Generator:
-            return self.stream(seed, split, i + 1, attribute)
+        def rng(factor: int) -> np.random.Generator:
+            return self.stream(seed, split, i + 1, factor)
 
         tex = rng(TEXTURE_STREAM)
         ranges = dataclasses.replace(TASK_TEXTURE, kinds=self.texture_kinds)

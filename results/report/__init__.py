@@ -4,7 +4,7 @@
 The package follows the report's own flow, one step per module:
 
 - ``load``: the study's tables, with every missing table or column noted;
-- ``names``: how metrics, methods, attributes, layers and configurations are named and ordered;
+- ``names``: how metrics, methods, factors, layers and configurations are named and ordered;
 - ``stats``: means and CIs over seeds, paired changes, ablation tables, the Pareto front;
 - ``figures``: the eight figures;
 - ``sections``: the Markdown sections and the paper's own tables;

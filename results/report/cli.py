@@ -6,8 +6,8 @@ study's Parquet tables (``trials``, ``overlaps``, ``spectra``, ``evidence``; ``p
 method x task tables, a verdict on each of the paper's four claims (``results.claims``) and
 the seed-paired differences behind them, the paper's layout beside the paper's own figures,
 task error versus basis rank and
-versus trainable parameters, the reduced method's ablations (attribute subsets,
-orthogonalisation, extraction), the disentanglement of the attribute subspaces against random
+versus trainable parameters, the reduced method's ablations (factor subsets,
+orthogonalisation, extraction), the disentanglement of the factor subspaces against random
 subspaces, and their singular spectra. An interrupted study still gets a report: every table,
 column and figure that is missing is named in the report instead of failing it.
 

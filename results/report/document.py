@@ -42,15 +42,15 @@ class Ablation:
     axis: str  # the trials' ``axis``, and the figure's name in FIGURES
     key: str  # the trials' column the axis varies
     title: str  # the figure's
-    horizontal: bool  # bars across: long labels (attribute subsets) read once per row
+    horizontal: bool  # bars across: long labels (factor subsets) read once per row
     heading: str
     caption: str
     column: str  # the table's header for ``key``
 
 
 ABLATIONS = (
-    Ablation("subsets", "factors", "attribute subsets, best first", True, "Attribute subsets",
-             "All attribute subsets, ranked (best first); dark bar: the default subset.",
+    Ablation("subsets", "factors", "factor subsets, best first", True, "Factor subsets",
+             "All factor subsets, ranked (best first); dark bar: the default subset.",
              "subset"),
     Ablation("ortho", "ortho", "orthogonalisation of the basis", False,
              "Orthogonalisation of the integrated basis",
@@ -136,15 +136,15 @@ def build_report(study: StudyData, preset: str | None = None,
         *(part for a in ABLATIONS for part in (
             f"## {a.heading}\n", _figure_block(a.axis, figs[a.axis], a.caption),
             section_ablation(ft, a.axis, a.key, a.column))),
-        "## Disentanglement of the attribute subspaces\n",
+        "## Disentanglement of the factor subspaces\n",
         _figure_block("disentanglement", figs["disentanglement"], "Pairwise smallest principal "
                       "angle and scale-invariant distance, mean over layers, beside random "
                       "subspaces of the same sizes."),
         _figure_block("disentanglement_depth", figs["disentanglement_depth"], "Scale-invariant "
-                      "distance per attribute pair by block depth; dashed: random baseline."),
+                      "distance per factor pair by block depth; dashed: random baseline."),
         section_disentanglement(o),
         "## Singular spectra\n",
-        _figure_block("spectra", figs["spectra"], "Singular values of each attribute's "
+        _figure_block("spectra", figs["spectra"], "Singular values of each factor's "
                       "extracted update for a few layers; triangles: the cliff (largest-gap "
                       "rank); dashed: the basis rank kept."),
         section_spectra(s),

@@ -21,8 +21,8 @@ from matplotlib.ticker import FuncFormatter, NullLocator, ScalarFormatter
 
 from results.claims import choose_extraction, task_info
 from results.report.names import (
-    attr_key,
     axis_label,
+    factor_key,
     key_label,
     layer_depth,
     method_color,
@@ -30,7 +30,7 @@ from results.report.names import (
     method_legend,
 )
 from results.report.stats import ablation_table, aggregate, pareto_front, tasks_of
-from results.schema import ATTRIBUTES
+from results.schema import FACTORS
 
 # Figure -> its file in the study folder, beside report.md.
 FIGURES = {
@@ -43,8 +43,8 @@ FIGURES = {
     "disentanglement_depth": "fig-disentanglement-depth.png",
     "spectra": "fig-spectra.png",
 }
-ATTR_COLORS = {"texture": "#1f77b4", "geometry": "#ff7f0e", "camera": "#2ca02c",
-               "lighting": "#9467bd"}
+FACTOR_COLORS = {"texture": "#1f77b4", "geometry": "#ff7f0e", "camera": "#2ca02c",
+                 "lighting": "#9467bd"}
 
 
 def _new_figure(ncols: int, nrows: int = 1, w: float = 5.6, h: float = 4.2) -> Figure:
@@ -302,20 +302,20 @@ def _one_extraction(df: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
     return ext, df[df["extraction"] == ext]
 
 
-def _pair_matrix(o: pd.DataFrame, col: str, attrs: list[str]) -> np.ndarray:
-    m = np.full((len(attrs), len(attrs)), np.nan)
-    means = o.groupby(["attr_a", "attr_b"])[col].mean()
+def _pair_matrix(o: pd.DataFrame, col: str, factors: list[str]) -> np.ndarray:
+    m = np.full((len(factors), len(factors)), np.nan)
+    means = o.groupby(["factor_a", "factor_b"])[col].mean()
     for (a, b), v in means.items():
-        if a in attrs and b in attrs:
-            i, j = attrs.index(a), attrs.index(b)
+        if a in factors and b in factors:
+            i, j = factors.index(a), factors.index(b)
             m[i, j] = m[j, i] = v
     return m
 
 
-def _attrs(o: pd.DataFrame) -> list[str]:
-    """The attributes of the overlap pairs, in ATTRIBUTES order, unknown ones last."""
-    present = set(o["attr_a"].dropna()) | set(o["attr_b"].dropna())
-    return [a for a in ATTRIBUTES if a in present] + sorted(present - set(ATTRIBUTES))
+def _factors(o: pd.DataFrame) -> list[str]:
+    """The factors of the overlap pairs, in FACTORS order, unknown ones last."""
+    present = set(o["factor_a"].dropna()) | set(o["factor_b"].dropna())
+    return [a for a in FACTORS if a in present] + sorted(present - set(FACTORS))
 
 
 def fig_disentanglement(o_all: pd.DataFrame, path: Path) -> str | None:
@@ -323,7 +323,7 @@ def fig_disentanglement(o_all: pd.DataFrame, path: Path) -> str | None:
     ext, o = _one_extraction(o_all)
     if ext is None:
         return "no rows in `overlaps.parquet`"
-    attrs = _attrs(o)
+    factors = _factors(o)
     fig = _new_figure(2, 2, w=5.0, h=4.3)
     axes = fig.subplots(2, 2)
     rows = [("col_angle_min", "smallest principal angle [degrees]", (0.0, 90.0)),
@@ -332,27 +332,27 @@ def fig_disentanglement(o_all: pd.DataFrame, path: Path) -> str | None:
     for (col, unit, (vmin, vmax)), pair in zip(rows, axes, strict=True):
         for ax, prefix, name in zip(pair, ("", "rand_"), ("mined subspaces", "random baseline"),
                                     strict=True):
-            m = _pair_matrix(o, prefix + col, attrs)
+            m = _pair_matrix(o, prefix + col, factors)
             im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap="viridis")
-            for i in range(len(attrs)):
-                for j in range(len(attrs)):
+            for i in range(len(factors)):
+                for j in range(len(factors)):
                     if np.isfinite(m[i, j]):
                         bright = (m[i, j] - vmin) / (vmax - vmin) > 0.6
                         ax.text(j, i, f"{m[i, j]:.2f}" if vmax <= 1 else f"{m[i, j]:.1f}",
                                 ha="center", va="center", fontsize=9,
                                 color="black" if bright else "white")
-            ax.set_xticks(range(len(attrs)), attrs, rotation=30, ha="right")
-            ax.set_yticks(range(len(attrs)), attrs)
+            ax.set_xticks(range(len(factors)), factors, rotation=30, ha="right")
+            ax.set_yticks(range(len(factors)), factors)
             ax.set_title(f"{name}: {unit.splitlines()[0]}", fontsize="medium")
         fig.colorbar(im, ax=list(pair), label=unit, shrink=0.9)
-    fig.suptitle(f"Attribute-pair disentanglement, column spaces, mean over "
+    fig.suptitle(f"Factor-pair disentanglement, column spaces, mean over "
                  f"{o['layer'].nunique()} layers ({ext} extraction)")
     _save(fig, path)
     return None
 
 
 def fig_disentanglement_depth(o_all: pd.DataFrame, path: Path) -> str | None:
-    """Scale-invariant distance per attribute pair vs block depth, random baseline dashed."""
+    """Scale-invariant distance per factor pair vs block depth, random baseline dashed."""
     ext, o = _one_extraction(o_all)
     if ext is None:
         return "no rows in `overlaps.parquet`"
@@ -368,7 +368,7 @@ def fig_disentanglement_depth(o_all: pd.DataFrame, path: Path) -> str | None:
     handles: dict[str, Any] = {}
     for ax, kind in zip(axes, kinds, strict=True):
         ok = o[o["kind"] == kind]
-        for (a, b), g in ok.groupby(["attr_a", "attr_b"], sort=False):
+        for (a, b), g in ok.groupby(["factor_a", "factor_b"], sort=False):
             s = g.groupby("depth")["scale_inv_distance"].mean()
             (h,) = ax.plot(s.index, s.to_numpy(), marker="o", lw=1.8, label=f"{a} - {b}")
             handles.setdefault(f"{a} - {b}", h)
@@ -385,7 +385,7 @@ def fig_disentanglement_depth(o_all: pd.DataFrame, path: Path) -> str | None:
         ax.set_ylim(-0.02, 1.02)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Attribute-pair disentanglement by depth ({ext} extraction, column spaces)")
+    fig.suptitle(f"Factor-pair disentanglement by depth ({ext} extraction, column spaces)")
     _legend(fig, handles, ncols=4, fontsize="small")
     _save(fig, path)
     return None
@@ -403,7 +403,7 @@ def _spectrum_layers(s: pd.DataFrame, n: int = 4) -> list[str]:
 
 
 def fig_spectra(s_all: pd.DataFrame, path: Path) -> str | None:
-    """Singular values per attribute for a few layers; the kept rank and the cliff marked."""
+    """Singular values per factor for a few layers; the kept rank and the cliff marked."""
     ext, s = _one_extraction(s_all)
     if ext is None:
         return "no rows in `spectra.parquet`"
@@ -417,13 +417,13 @@ def fig_spectra(s_all: pd.DataFrame, path: Path) -> str | None:
         sl = s[s["layer"] == layer]
         kept: set[int] = set()
         cliffs = False
-        for attr, g in sorted(sl.groupby("attribute"), key=lambda kv: attr_key(kv[0])):
+        for factor, g in sorted(sl.groupby("factor"), key=lambda kv: factor_key(kv[0])):
             g = g.sort_values("index")
             x = g["index"].to_numpy() + 1
             y = np.clip(g["value"].to_numpy(dtype=float), 1e-12, None)
-            color = ATTR_COLORS.get(attr, "black")
-            (h,) = ax.plot(x, y, marker=".", color=color, lw=1.6, label=attr)
-            handles.setdefault(attr, h)
+            color = FACTOR_COLORS.get(factor, "black")
+            (h,) = ax.plot(x, y, marker=".", color=color, lw=1.6, label=factor)
+            handles.setdefault(factor, h)
             cliff = g["cliff_rank"].dropna()
             if len(cliff) and 1 <= int(cliff.iloc[0]) <= len(y):
                 c = int(cliff.iloc[0])
@@ -446,7 +446,7 @@ def fig_spectra(s_all: pd.DataFrame, path: Path) -> str | None:
         ax.grid(alpha=0.3)
     for ax in axes[len(layers):]:
         ax.set_visible(False)
-    fig.suptitle(f"Singular spectra of the extracted attribute updates ({ext} extraction)")
+    fig.suptitle(f"Singular spectra of the extracted factor updates ({ext} extraction)")
     _legend(fig, handles, ncols=min(len(handles), 6))
     _save(fig, path)
     return None

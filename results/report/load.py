@@ -19,7 +19,13 @@ import numpy as np
 import pandas as pd
 
 from results.report.names import config_label
-from results.schema import EVIDENCE_SCHEMA, OVERLAPS_SCHEMA, SPECTRA_SCHEMA, TRIAL_COLUMNS
+from results.schema import (
+    EVIDENCE_SCHEMA,
+    OVERLAPS_SCHEMA,
+    SPECTRA_SCHEMA,
+    TRIAL_COLUMNS,
+    read_frame,
+)
 
 TRIAL_NEEDED = ("stage", "axis", "task", "method", "factors", "rank", "total_rank", "ortho",
                 "extraction", "seed", "trainable_params", "main", "wall_s", "status",
@@ -53,7 +59,7 @@ def _read_table(path: Path, expected: Sequence[str], missing: list[str],
             missing.append(f"`{path.name}` is missing")
         return None
     try:
-        df = pd.read_parquet(path)
+        df = read_frame(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         missing.append(f"`{path.name}` is unreadable: {type(exc).__name__}: {exc}")
         return None
@@ -128,7 +134,7 @@ def _prepare_trials(t: pd.DataFrame, missing: list[str]) -> pd.DataFrame:
     red = t[(t["method"] == "reduced") & (t["stage"] == "finetune")]
     if len(red) and red["total_rank"].isna().all():
         missing.append("`trials.parquet` has no `total_rank` values (an older schema): the "
-                       "basis width D of reduced trials is derived as rank x attributes")
+                       "basis width D of reduced trials is derived as rank x factors")
     t["width"] = t.apply(_width, axis=1) if len(t) else pd.Series(dtype=float)
     t["label"] = t.apply(config_label, axis=1) if len(t) else pd.Series(dtype=object)
     return t

@@ -1,4 +1,4 @@
-"""How the report names and orders what it shows: metrics, methods, attributes, layers and
+"""How the report names and orders what it shows: metrics, methods, factors, layers and
 configurations, so every table and figure says the same thing the same way."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 
 from attrsub.methods import METHODS, REGISTRY
 from results.claims import task_info
-from results.schema import ATTRIBUTES
+from results.schema import FACTORS
 
 # Metric name -> (readable name, unit, lower is better).
 METRICS = {
@@ -51,7 +51,7 @@ def config_label(r: pd.Series) -> str:
     axis = r["axis"]
     if m != "reduced" or axis in ("main", None):
         return base
-    knob = {"ranks": f"r={rank}/attribute", "subsets": str(r["factors"]),
+    knob = {"ranks": f"r={rank}/factor", "subsets": str(r["factors"]),
             "ortho": f"ortho={r['ortho']}", "extraction": f"{r['extraction']} extraction"}
     return f"{base} ({knob.get(axis, axis)})"
 
@@ -70,9 +70,9 @@ def method_key(m: Any) -> tuple[int, str]:
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), str(m))
 
 
-def attr_key(a: Any) -> tuple[int, str]:
-    """Sort key: the schema's ATTRIBUTES order, unknown attributes last."""
-    return (ATTRIBUTES.index(a) if a in ATTRIBUTES else len(ATTRIBUTES), str(a))
+def factor_key(a: Any) -> tuple[int, str]:
+    """Sort key: the schema's FACTORS order, unknown factors last."""
+    return (FACTORS.index(a) if a in FACTORS else len(FACTORS), str(a))
 
 
 def layer_depth(layer: str) -> tuple[str, int | None]:

@@ -17,7 +17,7 @@ import pandas as pd
 from results.claims import Claim, claims, fmt_difference, mean_ci, paired_differences, task_info
 from results.report.load import StudyData
 from results.report.names import (
-    attr_key,
+    factor_key,
     fmt_int,
     key_label,
     layer_depth,
@@ -293,7 +293,7 @@ def section_disentanglement(o: pd.DataFrame) -> str:
     if o.empty or o["extraction"].dropna().empty:
         return "No disentanglement rows (`overlaps.parquet` missing or empty).\n"
     rows = []
-    for (ext, a, b), g in o.groupby(["extraction", "attr_a", "attr_b"], sort=False):
+    for (ext, a, b), g in o.groupby(["extraction", "factor_a", "factor_b"], sort=False):
         rows.append([ext, f"{a} - {b}", f"{g['col_angle_min'].median():.1f}",
                      f"{g['rand_col_angle_min'].median():.1f}",
                      f"{g['scale_inv_distance'].median():.3f}",
@@ -313,16 +313,16 @@ def section_spectra(s: pd.DataFrame) -> str:
         return "No spectra rows (`spectra.parquet` missing or empty).\n"
     s = s.copy()
     s["_depth"] = [layer_depth(str(x))[1] for x in s["layer"]]
-    per = s.drop_duplicates(["extraction", "layer", "attribute"])
+    per = s.drop_duplicates(["extraction", "layer", "factor"])
     rows = []
-    for (ext, attr), g in sorted(per.groupby(["extraction", "attribute"]),
-                                 key=lambda kv: (kv[0][0], attr_key(kv[0][1]))):
+    for (ext, factor), g in sorted(per.groupby(["extraction", "factor"]),
+                                 key=lambda kv: (kv[0][0], factor_key(kv[0][1]))):
         depth = g["_depth"].dropna()
         half = depth.median() if len(depth) else None
         shallow = g[g["_depth"] <= half] if half is not None else g.iloc[0:0]
         deep = g[g["_depth"] > half] if half is not None else g.iloc[0:0]
         conv = g["converged"].dropna()
-        rows.append([ext, attr, fmt_int(g["rank"].median()), fmt_int(g["adapters"].max()),
+        rows.append([ext, factor, fmt_int(g["rank"].median()), fmt_int(g["adapters"].max()),
                      f"{g['cliff_rank'].median():.1f}" if g["cliff_rank"].notna().any()
                      else "–",
                      f"{shallow['cliff_rank'].median():.1f}" if len(shallow) else "–",
@@ -330,11 +330,11 @@ def section_spectra(s: pd.DataFrame) -> str:
                      f"{conv.astype(bool).mean():.0%}" if len(conv) else "–",
                      f"{g['irls_weight_min'].min():.3f}" if g["irls_weight_min"].notna().any()
                      else "–", g["layer"].nunique()])
-    return ("Per attribute over layers: the basis rank kept, the rank the largest-gap rule picks "
+    return ("Per factor over layers: the basis rank kept, the rank the largest-gap rule picks "
             "(the cliff; median overall, in the shallower and the deeper half of the blocks), "
             "IRLS convergence and the smallest IRLS adapter weight (a low value flags an "
             "outlier adapter).\n\n"
-            + md_table(["extraction", "attribute", "rank kept", "adapters", "cliff (median)",
+            + md_table(["extraction", "factor", "rank kept", "adapters", "cliff (median)",
                         "cliff shallow", "cliff deep", "IRLS converged", "min IRLS weight",
                         "layers"], rows, ["l", "l", *["r"] * 8]) + "\n")
 

@@ -49,7 +49,7 @@ def psv_bases(model: nn.Module, layers: Sequence[str], rank: int) -> dict[str, I
         _check_rank(name, w, rank)
         u, _, vh = torch.linalg.svd(w, full_matrices=False)
         out[name] = IntegratedBasis(
-            U=u[:, :rank].float(), V=vh[:rank].T.float(), attributes=("psv",),
+            U=u[:, :rank].float(), V=vh[:rank].T.float(), factors=("psv",),
             ranks=(rank,), method="svd",
         )
     return out
@@ -67,7 +67,7 @@ def random_bases(
         u = torch.linalg.qr(torch.randn(w.shape[0], rank, generator=gen, dtype=torch.float64))[0]
         v = torch.linalg.qr(torch.randn(w.shape[1], rank, generator=gen, dtype=torch.float64))[0]
         out[name] = IntegratedBasis(
-            U=u.float(), V=v.float(), attributes=("random",), ranks=(rank,), method="qr"
+            U=u.float(), V=v.float(), factors=("random",), ranks=(rank,), method="qr"
         )
     return out
 

@@ -1,21 +1,21 @@
-"""Factor families: the base model's world, and one family per attribute that leaves it.
+"""Factor families: the base model's world, and one family per factor that leaves it.
 
 The base model has a world: ``CANONICAL``, the distribution it was pretrained on, in which
-every attribute (texture, geometry, camera, lighting) stays in a moderate range. A factor
-family pushes exactly one attribute to ``EXTREMES`` outside that world (the tails on both
-sides where an attribute has two, new pattern kinds, trajectories and light types), while
+every factor (texture, geometry, camera, lighting) stays in a moderate range. A factor
+family pushes exactly one factor to ``EXTREMES`` outside that world (the tails on both
+sides where a factor has two, new pattern kinds, trajectories and light types), while
 the other three are drawn per scene from the canonical range. Then the one thing an
 adapter trained on a family can learn, beyond the scenes it happens to see, is its
-attribute's extremes; what it does not learn is a fixed value of the other attributes,
-because they are not fixed. ``canonical`` draws every attribute canonically: the
+factor's extremes; what it does not learn is a fixed value of the other factors,
+because they are not fixed. ``canonical`` draws every factor canonically: the
 pretraining distribution (``attrsub pretrain``).
 
 Groups: several datasets (one adapter each) of one family differ only in their draws, so
-adapters of one attribute are independent samples of the same family.
+adapters of one factor are independent samples of the same family.
 
 Ranges and the draws from them live in ``attrsub.scenes.draw``, which the tasks share. Every
-draw uses its own numpy stream keyed by (seed, factor, group, scene, attribute), so one
-attribute's draw never shifts another's.
+draw uses its own numpy stream keyed by (seed, family, group, scene, drawn factor), so one
+factor's draw never shifts another's.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class Ranges:
     lighting: LightingRanges
 
 
-# The base model's world: what `attrsub pretrain` draws every attribute from, and what the
-# factor families draw their non-target attributes from.
+# The base model's world: what `attrsub pretrain` draws every factor from, and what the
+# factor families draw their non-target factors from.
 CANONICAL_RANGES = Ranges(
     texture=TextureRanges(
         kinds=("checker", "noise", "patchwork"),
@@ -112,7 +112,7 @@ CANONICAL_RANGES = Ranges(
     ),
 )
 
-# Each attribute's extremes, outside CANONICAL_RANGES: both tails of a numeric range where
+# Each factor's extremes, outside CANONICAL_RANGES: both tails of a numeric range where
 # it has two, pattern kinds, trajectories and light types the base never saw. Fields equal
 # to the canonical ones (texture colours, camera micro span and dolly fraction, which only
 # the unseen trajectories use) are not an extreme of their own.
@@ -166,7 +166,7 @@ EXTREMES = Ranges(
 
 @dataclass(frozen=True)
 class FactorSpec:
-    """Which attribute goes to its extremes (or ``canonical``), which group, scenes, views.
+    """Which factor goes to its extremes (or ``canonical``), which group, scenes, views.
 
     Its checks are the only ones of these fields: ``DatasetSpec`` runs them too."""
 
@@ -189,15 +189,15 @@ class FactorSpec:
             raise ConfigError(f"views must be at most 1024, got {self.views}")
 
 
-def ranges_for(factor: str, attribute: str) -> object:
-    """The ranges ``attribute`` is drawn from in ``factor``'s family."""
-    return getattr(EXTREMES if factor == attribute else CANONICAL_RANGES, attribute)
+def ranges_for(family: str, factor: str) -> object:
+    """The ranges ``factor`` is drawn from in ``family``'s family (a factor or ``canonical``)."""
+    return getattr(EXTREMES if family == factor else CANONICAL_RANGES, factor)
 
 
 def sample_scenes(spec: FactorSpec) -> list[SceneSpec]:
     """The factor dataset's scene specs, deterministic from ``spec``.
 
-    Every attribute is drawn per scene: the target from its extremes, the rest canonically.
+    Every factor is drawn per scene: the target from its extremes, the rest canonically.
     """
     if not isinstance(spec, FactorSpec):
         raise ConfigError(f"sample_scenes needs a FactorSpec, got {type(spec).__name__}")
@@ -205,11 +205,11 @@ def sample_scenes(spec: FactorSpec) -> list[SceneSpec]:
     scenes = []
     for i in range(spec.scenes):
         parts = {
-            attr: (
-                np.random.default_rng([spec.seed, fid, spec.group, i + 1, aid]),
-                ranges_for(spec.factor, attr),
+            factor: (
+                np.random.default_rng([spec.seed, fid, spec.group, i + 1, k]),
+                ranges_for(spec.factor, factor),
             )
-            for aid, attr in enumerate(FACTORS)
+            for k, factor in enumerate(FACTORS)
         }
         materials = _materials(*parts["texture"])
         ground, boxes, spheres, cylinders, fields = _geometry(*parts["geometry"], materials)
