@@ -40,7 +40,7 @@ def main() -> None:
 
     import torch
 
-    from attrsub.methods import finetune
+    from attrsub.methods import REGISTRY, finetune
     from attrsub.subspace.bank import load_bank
     from attrsub.tasks import get_task
     from sweeps.config import load_preset
@@ -48,15 +48,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     preset = load_preset(args.preset)
     task = get_task(args.task)
-    basis = load_bank(args.bank).basis_set(list(preset.factors), preset.rank, "qr")
+    basis = load_bank(args.bank).basis_set(list(preset.factors), preset.downstream.rank, "qr")
 
     def run(method: str, lr: float) -> float:
         torch.manual_seed(0)
-        rank = preset.rank * len(preset.factors) if method in ("psv", "random") else preset.rank
+        rank = preset.downstream.rank
+        if REGISTRY[method].basis_family and not REGISTRY[method].needs_bank:
+            rank *= len(preset.factors)
         row = finetune(
             args.task, method, base=preset.model, random_init=preset.random_init,
-            basis=basis if method == "reduced" else None, rank=rank, steps=preset.steps,
-            lr=lr, seed=args.seed, batch_size=preset.batch_size,
+            basis=basis if REGISTRY[method].needs_bank else None, rank=rank,
+            steps=preset.downstream.steps,
+            lr=lr, seed=args.seed, batch_size=preset.downstream.batch_size,
             train_scenes=preset.scenes["train"], eval_scenes=preset.scenes["eval"],
             views=preset.views, size=preset.size, cache=args.cache,
         )
@@ -64,7 +67,8 @@ def main() -> None:
 
     none = run("none", 1.0)
     better = min if task.lower_is_better else max
-    print(f"{args.task}, main = {task.main_metric}, preset {args.preset} ({preset.steps} "
+    steps = preset.downstream.steps
+    print(f"{args.task}, main = {task.main_metric}, preset {args.preset} ({steps} "
           f"steps, {preset.size} px), probe seed {args.seed}; baseline none: {none:.4f}")
     print(f"{'method':<9}{'lr':>9}{'main':>9}{'vs none':>10}{'s':>7}")
     best: dict[str, tuple[float, float]] = {}

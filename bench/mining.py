@@ -53,8 +53,8 @@ def regime(name: str) -> dict[str, Any]:
     p = load_preset("quick")
     m = p.mining
     return {**BASE, "scenes": p.scenes["mine"], "views": p.views, "size": p.size,
-            "groups": p.groups, "steps": m["steps"], "lr": m["lr"], "rank": m["rank"],
-            "batch_size": m["batch_size"], "init_scale": m["init_scale"]}
+            "groups": p.groups, "steps": m.steps, "lr": m.lr, "rank": m.rank,
+            "batch_size": m.batch_size, "init_scale": m.init_scale}
 
 
 def _mine(job: dict[str, Any]) -> dict[str, Any]:

@@ -68,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             _stage(f"mine {factor} g{group}", args.device, lambda f=factor, g=group: mine_adapter(
                 f, g, 0, work / "adapters" / f"{f}-g{g}", scenes=preset.scenes["mine"],
-                steps=m["steps"], lr=m["lr"], rank=m["rank"], batch_size=m["batch_size"],
+                steps=m.steps, lr=m.lr, rank=m.rank, batch_size=m.batch_size,
                 cache=cache, **base, **size), report)
     bank = _stage("bank", "cpu", lambda: save_bank(build_bank(
         find_adapters([work / "adapters"]), preset.extraction, permutations=0),
         work / "bank.safetensors"), report)
-    task, seed = preset.tasks[0], preset.seeds[0]
-    common = {"steps": preset.steps, "seed": seed, "batch_size": preset.batch_size,
+    task, seed = preset.downstream.tasks[0], preset.downstream.seeds[0]
+    down = preset.downstream
+    common = {"steps": down.steps, "seed": seed, "batch_size": down.batch_size,
               "train_scenes": preset.scenes["train"], "eval_scenes": preset.scenes["eval"],
               "cache": cache, **base, **size}
     rows = {}
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         extra = {"bank": bank, "factors": preset.factors} if method == "reduced" else {}
         rows[method] = _stage(f"finetune {method}", args.device, lambda me=method, ex=extra:
-                              finetune(task, me, rank=preset.rank, lr=preset.lr[me], **ex,
+                              finetune(task, me, rank=down.rank, lr=down.lr[me], **ex,
                                        **common), report)
         report[f"finetune {method}"].update(
             trainable=rows[method]["trainable_params"], main=rows[method].get("main"))

@@ -67,8 +67,9 @@ def _serial(preset_name: str, jobs: list[dict[str, Any]], banks: dict[str, str],
         torch.manual_seed(0)
         finetune(
             j["task"], j["method"], base=preset.model, random_init=preset.random_init,
-            basis=basis, rank=j["rank"] or preset.rank, ortho=j["ortho"] or "qr",
-            steps=preset.steps, lr=j["lr"], seed=j["seed"], batch_size=preset.batch_size,
+            basis=basis, rank=j["rank"] or preset.downstream.rank, ortho=j["ortho"] or "qr",
+            steps=preset.downstream.steps, lr=j["lr"], seed=j["seed"],
+            batch_size=preset.downstream.batch_size,
             train_scenes=preset.scenes["train"], eval_scenes=preset.scenes["eval"],
             views=preset.views, size=preset.size, cache=Path(cache),
         )
@@ -93,7 +94,8 @@ def _warm(preset: Any, jobs: list[dict[str, Any]], cache: Path) -> None:
 
     for task, seed in sorted({(j["task"], j["seed"]) for j in jobs}):
         finetune(task, "lora", base=preset.model, random_init=preset.random_init,
-                 rank=preset.rank, steps=1, seed=seed, batch_size=preset.batch_size,
+                 rank=preset.downstream.rank, steps=1, seed=seed,
+                 batch_size=preset.downstream.batch_size,
                  train_scenes=preset.scenes["train"], eval_scenes=preset.scenes["eval"],
                  views=preset.views, size=preset.size, cache=cache)
 
@@ -160,7 +162,8 @@ def main() -> None:
               f"({serial[-1] / sweep[-1]:.2f}x), actor {served[-1][1]}/{served[-1][0]} hits")
     ray.kill(handle)
     s, w = statistics.median(serial), statistics.median(sweep)
-    print(f"\n{len(jobs)} stage-2 trials of preset {args.preset!r} ({preset.steps} steps, "
+    print(f"\n{len(jobs)} stage-2 trials of preset {args.preset!r} "
+          f"({preset.downstream.steps} steps, "
           f"{preset.size} px, {preset.model}), {args.cpus} CPUs, median of {args.repeats}:")
     print(f"  serial, one process, {args.cpus} torch threads : {s:8.1f} s  (baseline; "
           f"{statistics.median(startup):.1f} s of it imports before the first trial)")

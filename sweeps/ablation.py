@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     st = open_study(args)
     preset, study, paths, version, weights = st.preset, st.name, st.paths, st.version, st.weights
-    for task in preset.tasks:  # data a task cannot make (real captures) exist, or stop here
+    for task in preset.downstream.tasks:  # data a task cannot make (real captures), or stop
         ensure_task_data(task, paths.cache, paths.real_data)
     trials_path = paths.table("trials")
     jobs = finetune_jobs(preset)
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         main_ext = preset.extraction.method
         mine_bank(st, handle)
         tuned = {}
-        if preset.lr_search is not None:  # each method at its own best rate, equal budgets
+        if preset.downstream.lr_search is not None:  # each method at its best rate, same budget
             tuned = tune_lrs(preset, study, paths, version, weights)
             jobs = with_lrs(jobs, tuned)
         done = {r["trial_id"] for r in read_table(trials_path) if r["status"] == "ok"}
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         analysis: dict[str, list[dict[str, Any]]] = {"overlaps": [], "spectra": [],
                                                      "evidence": []}
         if not missing:
-            for ext in dict.fromkeys([main_ext, *preset.ablation_extraction]):
+            for ext in dict.fromkeys([main_ext, *preset.ablation.extraction]):
                 rows = ray.get(handle.analysis.remote(ext, study, version, preset.adapter_seeds[0]))
                 for name, table in analysis.items():
                     table += rows[name]
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     write_record(st.record, {
         **(read_record(st.record) or {}),
-        "study": study, "preset": preset.name, "seeds": list(preset.seeds),
+        "study": study, "preset": preset.name, "seeds": list(preset.downstream.seeds),
         "adapter_seeds": list(preset.adapter_seeds), "wall_s": wall,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "storage": paths.storage, "command": " ".join(sys.argv), "code_version": version,

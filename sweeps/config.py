@@ -106,8 +106,52 @@ class LrSearch:
 
 
 @dataclass(frozen=True)
+class Mining:
+    """``mining:``: how each factor's LoRA adapters are trained (stage 1)."""
+
+    steps: int
+    rank: int
+    lr: float
+    batch_size: int
+    report_every: int
+    init_scale: float = 1.0  # scales LoRA A's init (README, "Mining that finds attributes")
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """``downstream:``: the method x task x seed grid of stage 2 and its training."""
+
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    lr: dict[str, float]  # method -> learning rate (every method but none)
+    rank: int
+    batch_size: int
+    report_every: int
+    lr_search: LrSearch | None = None  # None: every method at its ``lr``
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """``ablation:``: the reduced method's axes, each varied alone around the main setting.
+
+    ``seeds`` and ``tasks`` (default: every downstream seed and task) are where the
+    variants run; the main method comparison, which the claims rest on, keeps them all.
+    """
+
+    ranks: tuple[int, ...]
+    subsets: tuple[tuple[str, ...], ...]
+    ortho: tuple[str, ...]
+    extraction: tuple[str, ...]
+    seeds: tuple[int, ...]
+    tasks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Preset:
-    """A validated study preset (see sweeps/presets.yaml for the meaning of each field)."""
+    """A validated study preset, nested as its YAML is (sweeps/presets.yaml says what each
+    field means)."""
 
     name: str
     model: str
@@ -118,27 +162,12 @@ class Preset:
     factors: tuple[str, ...]
     groups: int
     adapter_seeds: tuple[int, ...]
-    mining: dict[str, Any]
+    mining: Mining
     extraction: ExtractConfig
-    tasks: tuple[str, ...]
-    methods: tuple[str, ...]
-    seeds: tuple[int, ...]
-    steps: int
-    lr: dict[str, float]  # method -> learning rate (every method but none)
-    rank: int
-    batch_size: int
-    report_every: int
-    ablation_ranks: tuple[int, ...]
-    ablation_subsets: tuple[tuple[str, ...], ...]
-    ablation_ortho: tuple[str, ...]
-    ablation_extraction: tuple[str, ...]
-    # the seeds and tasks the ablation variants run on (default: every downstream seed and
-    # task); the main method comparison, which the claims rest on, keeps them all
-    ablation_seeds: tuple[int, ...]
-    ablation_tasks: tuple[str, ...]
+    downstream: Downstream
+    ablation: Ablation
     resources: dict[str, dict[str, float]]  # stage ("mine", "finetune") -> {"cpu", "gpu"}
     search: SearchConfig | None = None  # the optional ``search:`` section (sweeps/search.py)
-    lr_search: LrSearch | None = None  # the optional ``downstream.lr_search`` (None: off)
     weights_sha256: str | None = None  # the --weights file's sha256, pinned (attrsub.fetch)
 
     def task_size(self) -> TaskSize:
@@ -293,6 +322,7 @@ def from_dict(name: str, raw: Any) -> Preset:
     pin = raw.get("weights_sha256")
     if pin is not None and not (isinstance(pin, str) and re.fullmatch(r"[0-9a-f]{64}", pin)):
         raise ConfigError(f"{where}.weights_sha256 must be 64 lowercase hex digits, got {pin!r}")
+    steps = _pos_int(down["steps"], f"{where}.downstream.steps")
     preset = Preset(
         name=name,
         model=raw["model"],
@@ -304,40 +334,46 @@ def from_dict(name: str, raw: Any) -> Preset:
         factors=factors,
         groups=_pos_int(raw["groups"], f"{where}.groups"),
         adapter_seeds=_seeds(raw["adapter_seeds"], f"{where}.adapter_seeds"),
-        mining=dict(mining),
+        mining=Mining(**mining),
         extraction=extraction,
-        tasks=tasks,
-        methods=methods,
-        seeds=seeds,
-        steps=_pos_int(down["steps"], f"{where}.downstream.steps"),
-        lr=_lrs(down["lr"], methods, f"{where}.downstream.lr"),
-        rank=rank,
-        batch_size=_pos_int(down["batch_size"], f"{where}.downstream.batch_size"),
-        report_every=_pos_int(down["report_every"], f"{where}.downstream.report_every"),
-        ablation_ranks=ranks,
-        ablation_subsets=subsets_t,
-        ablation_ortho=_names(abl["ortho"] or ["qr"], ORTHO_METHODS, f"{where} ortho method(s)"),
-        ablation_extraction=_names(
-            abl["extraction"] or [extraction.method], EXTRACT_METHODS,
-            f"{where} extraction method(s)",
+        downstream=Downstream(
+            tasks=tasks,
+            methods=methods,
+            seeds=seeds,
+            steps=steps,
+            lr=_lrs(down["lr"], methods, f"{where}.downstream.lr"),
+            rank=rank,
+            batch_size=_pos_int(down["batch_size"], f"{where}.downstream.batch_size"),
+            report_every=_pos_int(down["report_every"], f"{where}.downstream.report_every"),
         ),
-        ablation_seeds=ablation_seeds,
-        ablation_tasks=ablation_tasks,
+        ablation=Ablation(
+            ranks=ranks,
+            subsets=subsets_t,
+            ortho=_names(abl["ortho"] or ["qr"], ORTHO_METHODS, f"{where} ortho method(s)"),
+            extraction=_names(
+                abl["extraction"] or [extraction.method], EXTRACT_METHODS,
+                f"{where} extraction method(s)",
+            ),
+            seeds=ablation_seeds,
+            tasks=ablation_tasks,
+        ),
         resources=resources,
     )
-    for task in preset.tasks:
+    for task in preset.downstream.tasks:
         get_task(task).check(preset.task_size())
     _check_widths(preset, where)
     if raw.get("search") is not None:
         preset = dataclasses.replace(preset, search=_search(raw["search"], preset, where))
     if down.get("lr_search") is not None:
         lrs = _lr_search(down["lr_search"], f"{where}.downstream.lr_search")
-        if lrs.seed in preset.seeds:
+        if lrs.seed in preset.downstream.seeds:
             raise ConfigError(
                 f"{where}.downstream.lr_search.seed {lrs.seed} is one of the study's seeds "
-                f"{list(preset.seeds)}; rates must be chosen on other scenes"
+                f"{list(preset.downstream.seeds)}; rates must be chosen on other scenes"
             )
-        preset = dataclasses.replace(preset, lr_search=lrs)
+        preset = dataclasses.replace(
+            preset, downstream=dataclasses.replace(preset.downstream, lr_search=lrs)
+        )
     return preset
 
 
@@ -371,13 +407,13 @@ def _check_widths(preset: Preset, where: str) -> None:
               for n in target_modules(model, LoraSpec(rank=1))}
     layer, width = min(widths.items(), key=lambda kv: kv[1])
     asked = {
-        "mining.rank": preset.mining["rank"],
-        "downstream.rank": preset.rank,
+        "mining.rank": preset.mining.rank,
+        "downstream.rank": preset.downstream.rank,
         "the psv/random baselines' rank (downstream.rank x factors)":
-            preset.rank * len(preset.factors),
+            preset.downstream.rank * len(preset.factors),
         **({"extraction.rank": preset.extraction.rank}
            if isinstance(preset.extraction.rank, int) else {}),
-        **{f"ablation.ranks {r}": r for r in preset.ablation_ranks},
+        **{f"ablation.ranks {r}": r for r in preset.ablation.ranks},
     }
     for what, r in asked.items():
         if r > width:

@@ -18,24 +18,23 @@ from sweeps.tune_run import run_grid
 def finetune_jobs(preset: Preset) -> list[Job]:
     """Every stage-2 trial: the main grid, then one axis at a time around the reduced default."""
     main_ext, all_f = preset.extraction.method, tuple(preset.factors)
+    down, abl = preset.downstream, preset.ablation
     jobs = []
-    for task in preset.tasks:
-        for seed in preset.seeds:
-            for method in preset.methods:
-                jobs.append(_job("main", task, method, seed, preset, all_f, preset.rank, "qr",
+    for task in down.tasks:
+        for seed in down.seeds:
+            for method in down.methods:
+                jobs.append(_job("main", task, method, seed, preset, all_f, down.rank, "qr",
                                  main_ext))
-            if (PAPER_METHOD not in preset.methods or seed not in preset.ablation_seeds
-                    or task not in preset.ablation_tasks):
+            if (PAPER_METHOD not in down.methods or seed not in abl.seeds
+                    or task not in abl.tasks):
                 continue
             variants = (
-                [("ranks", all_f, r, "qr", main_ext) for r in preset.ablation_ranks
-                 if r != preset.rank]
-                + [("subsets", tuple(s), preset.rank, "qr", main_ext)
-                   for s in preset.ablation_subsets if tuple(s) != all_f]
-                + [("ortho", all_f, preset.rank, o, main_ext) for o in preset.ablation_ortho
-                   if o != "qr"]
-                + [("extraction", all_f, preset.rank, "qr", e)
-                   for e in preset.ablation_extraction if e != main_ext]
+                [("ranks", all_f, r, "qr", main_ext) for r in abl.ranks if r != down.rank]
+                + [("subsets", tuple(s), down.rank, "qr", main_ext)
+                   for s in abl.subsets if tuple(s) != all_f]
+                + [("ortho", all_f, down.rank, o, main_ext) for o in abl.ortho if o != "qr"]
+                + [("extraction", all_f, down.rank, "qr", e)
+                   for e in abl.extraction if e != main_ext]
             )
             for axis, factors, rank, ortho, extraction in variants:
                 jobs.append(_job(axis, task, PAPER_METHOD, seed, preset, factors, rank, ortho,
@@ -54,11 +53,11 @@ def _job(axis: str, task: str, method: str, seed: int, preset: Preset,
         if not m.takes_rank:
             rank = None
         elif m.basis_family:
-            rank = preset.rank * len(preset.factors)
+            rank = preset.downstream.rank * len(preset.factors)
     parts = [axis, task, method, "+".join(factors) or "-", f"r{rank}", ortho or "-",
              extraction or "-", f"s{seed}"]
     return Job(trial_id="ft-" + "-".join(str(p) for p in parts), axis=axis, task=task,
-               method=method, seed=seed, lr=preset.lr.get(method),  # None for zero-shot
+               method=method, seed=seed, lr=preset.downstream.lr.get(method),  # None for zero-shot
                factors=factors, rank=rank, ortho=ortho, extraction=extraction)
 
 
@@ -76,10 +75,11 @@ def longest_first(jobs: list[Job]) -> list[Job]:
 
 def finetune_params(preset: Preset, weights: str | None) -> dict[str, Any]:
     """The preset's values every fine-tuning trial shares (``config["params"]``)."""
+    down = preset.downstream
     return {"model": preset.model, "weights": weights, "random_init": preset.random_init,
-            "steps": preset.steps, "report_every": preset.report_every,
-            "rank": preset.rank, "batch_size": preset.batch_size,
-            "views": preset.views, "size": preset.size, **preset.scenes}
+            "steps": down.steps, "report_every": down.report_every, "rank": down.rank,
+            "batch_size": down.batch_size, "views": preset.views, "size": preset.size,
+            **preset.scenes}
 
 
 def run_finetune(

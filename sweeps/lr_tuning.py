@@ -36,7 +36,7 @@ def lr_study_name(study: str, task: str, method: str) -> str:
 
 def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
              weights: str | None) -> dict[tuple[str, str], float]:
-    """The best learning rate of every trained method on every task (preset.lr_search).
+    """The best learning rate of every trained method on every task (preset.downstream.lr_search).
 
     Each (task, method) has its own Optuna study in the study's journal, so a resumed study
     asks only for the trials still missing; all of them run in one Tune run. A method with
@@ -44,7 +44,7 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
     """
     import optuna
 
-    cfg = preset.lr_search
+    cfg = preset.downstream.lr_search
     if cfg is None:
         raise ConfigError(f"preset {preset.name!r} has no downstream.lr_search")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -52,11 +52,11 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
     store = journal(paths.local / JOURNAL)
     recorded = {r["trial_id"]: r for r in read_table(paths.table("trials"))}
     streams, studies, stale = [], {}, []
-    for task in preset.tasks:
-        for method in preset.methods:
+    for task in preset.downstream.tasks:
+        for method in preset.downstream.methods:
             if not REGISTRY[method].trains:
                 continue
-            lr = preset.lr[method]
+            lr = preset.downstream.lr[method]
             sampler = (_grid_sampler({"lr": cfg.rates(lr)}, cfg.seed) if cfg.sampler == "grid"
                        else make_sampler(cfg.sampler, cfg.seed, 0, 1))
             study = optuna.create_study(
@@ -84,18 +84,18 @@ def tune_lrs(preset: Preset, name: str, paths: StudyPaths, version: str,
                         experiment=f"{name}-lr", desc="lr search", concurrency=concurrency)
         finally:
             push_journal(paths)
-    return {key: (s.best_params["lr"] if has_complete(s) else preset.lr[key[1]])
+    return {key: (s.best_params["lr"] if has_complete(s) else preset.downstream.lr[key[1]])
             for key, s in studies.items()}
 
 
 def _lr_job(preset: Preset, task: str, method: str) -> Callable[[Any], Job]:
     """Jobs of one (task, method) learning-rate study: exactly the method's main-grid job
     (same ranks, basis, budget), at the search seed, with the suggested rate."""
-    cfg = preset.lr_search
+    cfg = preset.downstream.lr_search
     assert cfg is not None
     main = next(j for j in finetune_jobs(preset)
                 if j.axis == "main" and j.task == task and j.method == method)
-    low, high = cfg.bounds(preset.lr[method])
+    low, high = cfg.bounds(preset.downstream.lr[method])
 
     def job_of(trial: Any) -> Job:
         return replace(main, axis="lr", seed=cfg.seed,

@@ -4,6 +4,7 @@ actor, which builds the bank from them."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from results.schema import trials_schema, upsert_table
@@ -23,7 +24,7 @@ def run_mining(
     params = {
         "model": preset.model, "weights": weights, "random_init": preset.random_init,
         "scenes": preset.scenes["mine"], "views": preset.views, "size": preset.size,
-        **preset.mining,
+        **dataclasses.asdict(preset.mining),
     }
     return run_grid(
         mine_trial, jobs, resources=preset.resources["mine"], params=params, study=study,

@@ -76,7 +76,7 @@ def mine_row(preset: Preset, study: str, version: str, job: dict[str, Any],
     return {
         "trial_id": mining_trial_id(job), "study": study, "stage": "mine", "axis": "mine",
         "method": "lora", "factors": job["factor"], "group": job["group"],
-        "rank": preset.mining["rank"], "seed": job["seed"], "lr": preset.mining["lr"],
+        "rank": preset.mining.rank, "seed": job["seed"], "lr": preset.mining.lr,
         "steps": m.get("step"), "final_loss": m.get("final_loss"),
         "wall_s": m.get("trial_wall_s"), "status": "ok" if ok else "failed",
         "error": None if ok else _message(error) if error is not None else _NO_REPORT,

@@ -96,18 +96,19 @@ def make_job(preset: Preset, task: str, method: str, values: Mapping[str, Any],
     """
     common: dict[str, Any] = {
         "trial_id": trial_id, "axis": "search", "task": task, "method": method,
-        "seed": preset.seeds[0], "lr": float(values.get("lr", preset.lr.get(method, 0.0))),
-        "steps": int(values.get("steps", preset.steps)),
+        "seed": preset.downstream.seeds[0],
+        "lr": float(values.get("lr", preset.downstream.lr.get(method, 0.0))),
+        "steps": int(values.get("steps", preset.downstream.steps)),
     }
     if REGISTRY[method].needs_bank:
-        ranks = {f: int(values.get(f"rank_{f}", preset.rank)) for f in preset.factors}
+        ranks = {f: int(values.get(f"rank_{f}", preset.downstream.rank)) for f in preset.factors}
         ranks = {f: r for f, r in ranks.items() if r > 0}
         if not ranks:
             return None
         return Job(**common, factors=tuple(ranks), ranks=ranks, rank=None,
                    ortho=values.get("ortho", "qr"),
                    extraction=values.get("extraction", preset.extraction.method))
-    rank = int(values.get("rank", preset.rank)) if REGISTRY[method].takes_rank else None
+    rank = int(values.get("rank", preset.downstream.rank)) if REGISTRY[method].takes_rank else None
     return Job(**common, factors=(), ranks={}, rank=rank, ortho=None, extraction=None)
 
 
@@ -121,7 +122,7 @@ def check_space(preset: Preset, task: str, method: str) -> tuple[SearchConfig,
     if space is None:
         raise ConfigError(f"preset {preset.name!r} has no search space for method {method!r}; "
                           f"it has: {', '.join(preset.search.space)}")
-    if not any(p.name == "lr" for p in space) and method not in preset.lr:
+    if not any(p.name == "lr" for p in space) and method not in preset.downstream.lr:
         raise ConfigError(f"method {method!r} has no downstream lr in preset {preset.name!r}; "
                           f"search it (lr: {{low, high}}) or add the method there")
     get_task(task).check(preset.task_size())
@@ -272,7 +273,7 @@ def _search(preset: Preset, cfg: SearchConfig, space: tuple[SearchParam, ...], s
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     steps = next((p for p in space if p.name == "steps"), None)
-    max_t = int(steps.high) if steps is not None else preset.steps
+    max_t = int(steps.high) if steps is not None else preset.downstream.steps
     scheduler = None
     if cfg.asha is not None and cfg.asha["grace_period"] < max_t:  # else it cannot stop any
         scheduler = AsyncHyperBandScheduler(

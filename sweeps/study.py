@@ -220,7 +220,7 @@ def claim(st: Study) -> dict[str, Any]:
 
 STUDY_RECORD = "study.json"
 # Preset fields a resumed study may grow with --extend: new seeds and tasks only add trials.
-EXTENDABLE = ("seeds", "tasks", "ablation_seeds", "ablation_tasks")
+EXTENDABLE = ("downstream.seeds", "downstream.tasks", "ablation.seeds", "ablation.tasks")
 
 
 def fingerprint(preset: Preset, base: str) -> dict[str, Any]:

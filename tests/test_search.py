@@ -104,12 +104,12 @@ def test_rank_zero_drops_the_factor_and_all_zero_is_infeasible() -> None:
                     "lr": 0.01}, "t")
     assert job.factors == ("geometry", "lighting") and job.ranks == {"geometry": 3,
                                                                       "lighting": 1}
-    assert job.steps == p.steps and job.ortho == "qr"
+    assert job.steps == p.downstream.steps and job.ortho == "qr"
     assert job.to_dict()["factors"] == ["geometry", "lighting"]
     zero = {f"rank_{a}": 0 for a in p.factors}
     assert make_job(p, "print_attack", "reduced", zero, "t") is None
     lora = make_job(p, "print_attack", "lora", {"rank": 5}, "t")
-    assert lora.rank == 5 and lora.lr == p.lr["lora"] and lora.factors == ()
+    assert lora.rank == 5 and lora.lr == p.downstream.lr["lora"] and lora.factors == ()
 
 
 def test_outcome_never_completes_a_stopped_trial() -> None:

@@ -171,7 +171,7 @@ def test_the_storage_uri_is_the_whole_study(where: str, tmp_path: Path) -> None:
     assert len(adapters) == len(preset.factors) * preset.groups * len(preset.adapter_seeds)
     banks = storage.list_names(storage.join(root, "banks"))
     assert banks == sorted(f"bank-{m}.safetensors"
-                           for m in {preset.extraction.method, *preset.ablation_extraction})
+                           for m in {preset.extraction.method, *preset.ablation.extraction})
     for name in ("study.json", "report.md", "optuna.journal", "fig-rank.png"):
         assert storage.exists(storage.join(root, name)), name
     before = _tables(root)

@@ -65,11 +65,12 @@ def test_a_resume_with_another_preset_is_refused_naming_the_fields(tmp_path: Pat
     storage = tmp_path / "studies"
     st = _create(storage, _presets(tmp_path))
     recorded = read_record(st.record)
-    assert recorded["fingerprint"]["preset"]["steps"] == 2
+    assert recorded["fingerprint"]["preset"]["downstream"]["steps"] == 2
     assert recorded["fingerprint"]["base"] == "random-init"
     assert _open(storage, _presets(tmp_path), "--resume").resume  # the same preset resumes
     other = _presets(tmp_path, **{"downstream.steps": 5, "mining.lr": 0.01})
-    with pytest.raises(ConfigError, match=r"preset.mining.lr: .*preset.steps: 2 -> 5"):
+    with pytest.raises(ConfigError,
+                       match=r"preset.downstream.steps: 2 -> 5; preset.mining.lr: 0.001 -> 0.01"):
         _open(storage, other, "--resume")
     # a copy of the preset under another file (or name) is the same study: content counts
     assert _open(storage, _presets(tmp_path, **{"resources.mine.cpu": 2}), "--resume")
@@ -79,15 +80,16 @@ def test_extend_adds_seeds_or_tasks_and_nothing_else(tmp_path: Path) -> None:
     storage = tmp_path / "studies"
     _create(storage, _presets(tmp_path))
     more = _presets(tmp_path, **{"downstream.seeds": [0, 1]})
-    with pytest.raises(ConfigError, match=r"preset.seeds: \[0\] -> \[0, 1\].*--extend allows"):
+    with pytest.raises(ConfigError,
+                       match=r"preset.downstream.seeds: \[0\] -> \[0, 1\].*--extend allows"):
         _open(storage, more, "--resume")
     st = _open(storage, more, "--resume", "--extend")
-    assert claim(st)["fingerprint"]["preset"]["seeds"] == [0, 1]
+    assert claim(st)["fingerprint"]["preset"]["downstream"]["seeds"] == [0, 1]
     fewer_tasks = _presets(tmp_path, **{"downstream.tasks": ["print_attack"]})
-    with pytest.raises(ConfigError, match=r"preset.tasks"):
+    with pytest.raises(ConfigError, match=r"preset.downstream.tasks"):
         _open(storage, fewer_tasks, "--resume", "--extend")  # dropping is not extending
     mixed = _presets(tmp_path, **{"downstream.seeds": [0, 1], "downstream.rank": 2})
-    with pytest.raises(ConfigError, match=r"preset.rank: 4 -> 2"):
+    with pytest.raises(ConfigError, match=r"preset.downstream.rank: 4 -> 2"):
         _open(storage, mixed, "--resume", "--extend")
     with pytest.raises(ConfigError, match="--extend .* add --resume"):
         _open(storage, more, "--extend")
@@ -99,7 +101,7 @@ def test_an_existing_study_needs_resume_unless_the_entry_point_adds_to_it(tmp_pa
     with pytest.raises(ConfigError, match="already exists .* --resume"):
         _open(storage, _presets(tmp_path))
     assert _open(storage, _presets(tmp_path), adds=True)  # a search adds to a study
-    with pytest.raises(ConfigError, match="preset.steps"):  # with the study's own preset
+    with pytest.raises(ConfigError, match="preset.downstream.steps"):  # with the study's own preset
         _open(storage, _presets(tmp_path, **{"downstream.steps": 3}), adds=True)
 
 

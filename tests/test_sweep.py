@@ -37,15 +37,16 @@ def _study(storage: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def _check_tables(study_dir: Path) -> pd.DataFrame:
     preset = load_preset("smoke")
-    trained = [m for m in preset.methods if m != "none"]
-    n_lr = len(preset.tasks) * len(trained) * preset.lr_search.trials
+    trained = [m for m in preset.downstream.methods if m != "none"]
+    n_lr = len(preset.downstream.tasks) * len(trained) * preset.downstream.lr_search.trials
     n = len(mining_jobs(preset)) + len(finetune_jobs(preset)) + n_lr
     trials = pd.read_parquet(study_dir / "trials.parquet")
     assert len(trials) == n and trials.trial_id.is_unique
     assert set(TRIAL_COLUMNS) <= set(trials.columns)
     assert (trials.status == "ok").all(), trials[trials.status != "ok"][["trial_id", "error"]]
     ft = trials[trials.stage == "finetune"]
-    assert set(ft.method) == set(preset.methods) and set(ft.task) == set(preset.tasks)
+    down = preset.downstream
+    assert set(ft.method) == set(down.methods) and set(ft.task) == set(down.tasks)
     for task, rows in ft.groupby("task"):  # each task's own metrics, all finite
         metrics = [c for c in rows.columns if "__" in c and rows[c].notna().any()] + ["main"]
         assert "test__depth_absrel" in metrics
@@ -58,7 +59,7 @@ def _check_tables(study_dir: Path) -> pd.DataFrame:
     # every trained method ran at the rate its learning-rate search found best
     lr_rows = trials[trials.axis == "lr"]
     assert len(lr_rows) == n_lr and (lr_rows.stage == "search").all()
-    assert set(lr_rows.seed) == {preset.lr_search.seed}
+    assert set(lr_rows.seed) == {preset.downstream.lr_search.seed}
     for (task, method), rows in lr_rows.groupby(["task", "method"]):
         best = set(rows.loc[rows["main"] == rows["main"].min(), "lr"])  # ties: any of them
         used = set(ft[(ft.task == task) & (ft.method == method)].lr)
@@ -103,7 +104,7 @@ def test_smoke_study_end_to_end_and_resume(tmp_path) -> None:
     (tmp_path / "other.yaml").write_text(yaml.safe_dump({"smoke": other}))
     refused = _study(storage, "--resume", "--presets", str(tmp_path / "other.yaml"))
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
-    assert "preset.steps: 2 -> 3" in refused.stderr.strip().splitlines()[-1]
+    assert "preset.downstream.steps: 2 -> 3" in refused.stderr.strip().splitlines()[-1]
     pd.testing.assert_frame_equal(first, pd.read_parquet(storage / "smoke" / "trials.parquet"))
 
     again = _study(storage, "--resume")  # the same preset: nothing reruns, no row is added

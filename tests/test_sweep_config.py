@@ -77,7 +77,7 @@ def test_bad_fields_are_named(raw: dict, path: tuple, value: object, match: str 
 
 
 def test_lr_search_grid_spans_the_range_around_each_rate() -> None:
-    cfg = load_preset("quick").lr_search
+    cfg = load_preset("quick").downstream.lr_search
     assert cfg is not None and cfg.trials == 3
     assert cfg.rates(0.5) == [0.125, 0.5, 2.0]  # ends exactly, the preset's rate in the middle
     assert cfg.bounds(0.5) == (0.125, 2.0)
@@ -107,10 +107,11 @@ def test_ablation_variants_run_on_their_seeds_and_tasks_only() -> None:
     p = load_preset("quick")
     jobs = finetune_jobs(p)
     main_jobs = [j for j in jobs if j.axis == "main"]
-    assert {(j.task, j.seed) for j in main_jobs} == set(itertools.product(p.tasks, p.seeds))
+    assert {(j.task, j.seed) for j in main_jobs} == set(
+        itertools.product(p.downstream.tasks, p.downstream.seeds))
     variants = [j for j in jobs if j.axis != "main"]
-    assert variants and {j.task for j in variants} == set(p.ablation_tasks)
-    assert {j.seed for j in variants} == set(p.ablation_seeds) < set(p.seeds)
+    assert variants and {j.task for j in variants} == set(p.ablation.tasks)
+    assert {j.seed for j in variants} == set(p.ablation.seeds) < set(p.downstream.seeds)
 
 
 def test_stage_two_starts_longest_trials_first() -> None:
