@@ -1,4 +1,4 @@
-"""Our VGGT-architecture model: configs, the module, building and weight loading.
+"""Stage 3, model: our VGGT-architecture model, its configs and weights, the base a run starts from.
 
 At ``vggt-1b`` the state dict equals VGGT's released one (names and shapes), so a
 user's ``model.pt`` loads strictly; ``vggt-small`` and ``vggt-tiny`` are the same

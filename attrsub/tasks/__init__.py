@@ -1,4 +1,4 @@
-"""Downstream tasks built from the scene generator and from real captures: the paper's
+"""Stage 5, tasks: downstream tasks from the scene generator and from real captures, the paper's
 fine-tuning benchmarks.
 
 - ``base``: the ``Task`` interface, ``TaskSize`` and ``SceneTask`` (data rendered from specs);
