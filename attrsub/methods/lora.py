@@ -29,7 +29,7 @@ class Lora(Method):
     init = "default"
 
     def config(self, settings: Mapping[str, Any]) -> LoraSpec:
-        return LoraSpec(rank=settings.get("rank", LoraSpec.rank))
+        return LoraSpec(rank=settings["rank"])
 
     def prepare(self, model: nn.Module, config: LoraSpec, ctx: Context) -> nn.Module:
         return apply_lora(model, config, init=self.init)

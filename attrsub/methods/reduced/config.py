@@ -16,11 +16,12 @@ from attrsub.checks import positive_int
 class ReducedConfig:
     """The mined basis: the bank's ``factors``, integrated with ``ranks`` directions each
     (``rank`` for every factor when ``ranks`` is None), orthogonalised by ``ortho`` and
-    optionally truncated to ``total_rank`` directions."""
+    optionally truncated to ``total_rank`` directions. ``rank`` has no default here: a run's
+    comes from ``FinetuneSpec``, the one place defaults live."""
 
+    rank: int
     factors: tuple[str, ...] = ()
     ranks: Mapping[str, int] | int | None = None
-    rank: int = 8
     total_rank: int | None = None
     ortho: str = "qr"
 
@@ -38,7 +39,7 @@ class ReducedConfig:
 class GeneratedBasisConfig:
     """A basis made from the base weights (PSV) or a seed (random): ``rank`` directions a side."""
 
-    rank: int = 8
+    rank: int
 
     def __post_init__(self) -> None:
         positive_int(self.rank, "rank")

@@ -56,7 +56,8 @@ class _BasisMethod(Method):
 
     @staticmethod
     def layers(model: nn.Module, rank: int) -> list[str]:
-        """The layers a basis covers: LoRA's targets (their width is checked against rank)."""
+        """The layers a generated basis covers: LoRA's targets (``psv_bases`` and
+        ``random_bases`` check each layer's width against ``rank``)."""
         return target_modules(model, LoraSpec(rank=rank))
 
 
@@ -70,13 +71,12 @@ class Reduced(_BasisMethod):
     def config(self, settings: Mapping[str, Any]) -> ReducedConfig:
         return ReducedConfig(
             factors=tuple(settings.get("factors") or ()), ranks=settings.get("ranks"),
-            rank=settings.get("rank", ReducedConfig.rank),
+            rank=settings["rank"],
             total_rank=settings.get("total_rank"), ortho=settings.get("ortho") or "qr",
         )
 
     def prepare(self, model: nn.Module, config: ReducedConfig, ctx: Context) -> nn.Module:
         """The basis from ``ctx.basis`` (a subspace server's) or integrated from ``ctx.bank``."""
-        self.layers(model, config.rank)
         basis = ctx.basis
         if basis is None:
             if ctx.bank is None:
@@ -101,7 +101,7 @@ class _Generated(_BasisMethod):
     """A basis made from the base weights or a seed: only ``rank`` is set."""
 
     def config(self, settings: Mapping[str, Any]) -> GeneratedBasisConfig:
-        return GeneratedBasisConfig(rank=settings.get("rank", GeneratedBasisConfig.rank))
+        return GeneratedBasisConfig(rank=settings["rank"])
 
 
 class Psv(_Generated):
